@@ -1,0 +1,62 @@
+# One command per job: `make test` and (with the training engine) `make demo` do all the set-up
+# on a fresh machine: a .venv, torch (CPU build where nvidia-smi is absent, CUDA build where it is
+# present), the project and its extras, and the Debian packages the tests need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := constraints/cpu.txt
+TORCH_VERSION := 2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>" on a
+# CPU machine that has no local torch wheel.
+TORCH_PIP_ARGS ?=
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PYTEST_ARGS ?=
+export DS_ACCELERATOR ?= $(if $(HAS_GPU),cuda,cpu)
+export DS_BUILD_OPS ?= 0
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv install test test-fast lint format clean
+
+help:
+	@echo "make test       set up everything the tests need, then run the whole suite"
+	@echo "make test-fast  the unit tests only (no services, no training)"
+	@echo "make lint       ruff check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: every later install runs under the same constraints file.
+$(VENV)/.torch: | $(BIN)/python
+ifeq ($(HAS_GPU),1)
+	@echo "nvidia-smi found: installing the CUDA build of torch $(TORCH_VERSION)"
+else
+	@echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"
+endif
+	$(PIP) install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	touch $@
+
+venv: $(VENV)/.torch
+
+$(VENV)/.test: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.test
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+
+format: $(VENV)/.test
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,193 @@
+"""The interface every position encoding implements, and the rotation states rotary ones build.
+
+Two kinds share one interface so the ViT never asks which it holds:
+- additive encodings (APE) change the patch tokens once, in ``embed``;
+- rotary encodings (LieRE, RoPE, STRING) build a rotation state once per forward pass, in
+  ``prepare``, and every attention layer applies its slice of it to q and k.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from liere.encodings.positions import SCHEMES, grid_positions
+
+
+def _layer_slice(t: Tensor, layer: int) -> Tensor:
+    """Parameters are stored per layer (leading size L) or shared (leading size 1)."""
+    return t[layer if t.shape[0] > 1 else 0]
+
+
+@dataclass
+class AngleRotation:
+    """Rotations made of 2 x 2 blocks, stored as angles: ``cos`` and ``sin`` of shape (L, H, T, d/2).
+
+    Pair k of a head vector, ``(x[2k], x[2k+1])``, is rotated by ``[[cos, -sin], [sin, cos]]``.
+    ``basis`` (L, H, d, d), when given, is an orthogonal change of basis applied first
+    (``x -> P^T x``; STRING). Costs O(T d) per head and layer: no matrix is ever built.
+    """
+
+    cos: Tensor
+    sin: Tensor
+    basis: Tensor | None = None
+
+    def apply(self, x: Tensor, layer: int) -> Tensor:
+        """x: (..., H, T, d) -> same shape, rotated with layer ``layer``'s rotations."""
+        if self.basis is not None:
+            x = x @ _layer_slice(self.basis, layer)  # row vectors: x P == (P^T x)^T
+        cos, sin = _layer_slice(self.cos, layer), _layer_slice(self.sin, layer)  # (H, T, K)
+        pairs = x.unflatten(-1, (-1, 2))  # (..., H, T, K, 2)
+        x0, x1 = pairs.unbind(-1)
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+    def with_prefix(self, num_prefix: int) -> AngleRotation:
+        """Prepend ``num_prefix`` identity rotations (class token and other special tokens)."""
+        if num_prefix == 0:
+            return self
+        L, H, _, K = self.cos.shape
+        ones = self.cos.new_ones(L, H, num_prefix, K)
+        return AngleRotation(
+            torch.cat([ones, self.cos], dim=2), torch.cat([torch.zeros_like(ones), self.sin], dim=2),
+            self.basis,
+        )
+
+    def to(self, dtype: torch.dtype) -> AngleRotation:
+        basis = None if self.basis is None else self.basis.to(dtype)
+        return AngleRotation(self.cos.to(dtype), self.sin.to(dtype), basis)
+
+
+@dataclass
+class BlockRotation:
+    """Block-diagonal rotations ``blocks`` (L, H, T, d/g, g, g), applied block by block.
+
+    The product is a batched (g x g) @ (g x B) per head, token and block: the batch is folded into
+    the columns, so no per-sample copy of a rotation and no dense d x d matrix is ever built.
+    """
+
+    blocks: Tensor
+
+    def apply(self, x: Tensor, layer: int) -> Tensor:
+        """x: (..., H, T, d) -> same shape."""
+        blocks = _layer_slice(self.blocks, layer)  # (H, T, K, g, g)
+        g = blocks.shape[-1]
+        xb = x.unflatten(-1, (-1, g))  # (..., H, T, K, g)
+        return torch.einsum("htkij,...htkj->...htki", blocks, xb).flatten(-2)
+
+    def with_prefix(self, num_prefix: int) -> BlockRotation:
+        if num_prefix == 0:
+            return self
+        L, H, _, K, g, _ = self.blocks.shape
+        eye = torch.eye(g, dtype=self.blocks.dtype, device=self.blocks.device).expand(L, H, num_prefix, K, g, g)
+        return BlockRotation(torch.cat([eye, self.blocks], dim=2))
+
+    def to(self, dtype: torch.dtype) -> BlockRotation:
+        return BlockRotation(self.blocks.to(dtype))
+
+
+RotationState = AngleRotation | BlockRotation
+
+
+class PositionEncoding(nn.Module):
+    """Base class: geometry of the model (heads, depth, axes) and the training grid.
+
+    The default is the identity (``none``): no embedding and no rotation.
+    """
+
+    is_rotary = False
+
+    def __init__(
+        self,
+        *,
+        head_dim: int,
+        num_heads: int,
+        depth: int,
+        num_axes: int,
+        grid_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_axes < 1:
+            raise ValueError(f"num_axes must be >= 1, got {num_axes}")
+        if grid_shape is not None and len(grid_shape) != num_axes:
+            raise ValueError(f"grid_shape {tuple(grid_shape)} does not have num_axes={num_axes} axes")
+        self.head_dim, self.num_heads, self.depth, self.num_axes = head_dim, num_heads, depth, num_axes
+        self.grid_shape = None if grid_shape is None else tuple(int(s) for s in grid_shape)
+
+    def embed(self, tokens: Tensor, grid_shape: Sequence[int]) -> Tensor:
+        """Patch tokens (B, N, D) of a grid -> tokens with the position added (additive kinds)."""
+        return tokens
+
+    def prepare(self, grid_shape: Sequence[int], num_prefix: int = 0) -> RotationState | None:
+        """The rotations of one forward pass for every layer and head (rotary kinds), else None."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, num_heads={self.num_heads}, depth={self.depth}, num_axes={self.num_axes}"
+
+
+class RotaryEncoding(PositionEncoding):
+    """Rotary encodings: q and k of every layer and head rotated by R(p), values untouched.
+
+    Subclasses give ``rotation(pos)`` (the public block layout, (L, H, N, d/g, g, g)) and
+    ``_state(pos)`` (the cheapest form to apply). ``prepare`` computes the state once per forward
+    pass, in fp32 with autocast off, casts it to the compute dtype, and caches it per grid in eval
+    mode (keyed by the parameters' versions, so an in-place update is never served stale).
+    """
+
+    is_rotary = True
+    default_scheme = "proportional"
+
+    def __init__(self, *, positions: str | None = None, **geometry) -> None:
+        super().__init__(**geometry)
+        self.position_scheme = positions or self.default_scheme
+        if self.position_scheme not in SCHEMES:
+            raise ValueError(f"unknown position scheme {self.position_scheme!r}; expected one of {SCHEMES}")
+        self._cache: dict[tuple, RotationState] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def rotation(self, pos: Tensor) -> Tensor:
+        """pos (N, num_axes) -> rotations (L, H, N, d/g, g, g); L, H are 1 where shared."""
+        raise NotImplementedError
+
+    def _state(self, pos: Tensor) -> RotationState:
+        return BlockRotation(self.rotation(pos))
+
+    # -- shared machinery --------------------------------------------------------------------
+    def positions(self, grid_shape: Sequence[int], device: torch.device | None = None) -> Tensor:
+        """Positions of a grid's tokens under this encoding's scheme: (N, num_axes)."""
+        if len(grid_shape) != self.num_axes:
+            raise ValueError(f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}")
+        return grid_positions(grid_shape, self.grid_shape, self.position_scheme, device=device)
+
+    def _reference(self) -> Tensor:
+        """A parameter or buffer of the module: where and in which dtype the rotations live."""
+        return next(itertools.chain(self.parameters(), self.buffers()))
+
+    def prepare(self, grid_shape: Sequence[int], num_prefix: int = 0) -> RotationState:
+        ref = self._reference()
+        device = ref.device
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        else:
+            dtype = ref.dtype
+        cacheable = not self.training and not torch.is_grad_enabled()
+        key = (tuple(grid_shape), num_prefix, device, dtype, tuple(p._version for p in self.parameters()))
+        if cacheable and key in self._cache:
+            return self._cache[key]
+        with torch.autocast(device_type=device.type, enabled=False):
+            state = self._state(self.positions(grid_shape, device=device)).with_prefix(num_prefix).to(dtype)
+        if cacheable:
+            self._cache = {key: state} if len(self._cache) >= 8 else {**self._cache, key: state}
+        return state
+
+    def train(self, mode: bool = True):
+        self._cache = {}
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): drop rotations of the old kind
+        self._cache = {}
+        return super()._apply(fn, recurse)

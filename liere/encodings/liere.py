@@ -1,0 +1,89 @@
+"""LieRE: learned rotations R(p) = exp(sum_a p_a A_a) with skew-symmetric generators A_a.
+
+Ostmeier et al., "LieRE: Lie Rotational Positional Encodings", ICML 2025 (arXiv 2406.10322).
+Each generator is block-diagonal with d/g blocks of size g, parameterized by the strict upper
+triangle U of every block (A = U - U^T), and owned per layer and per head (or shared). g = 2 is
+RoPE-Mixed (closed form, applied as angles); g = d is dense.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from liere.encodings.base import AngleRotation, RotaryEncoding, RotationState
+
+INITS = ("paper", "small")
+
+
+class LieRE(RotaryEncoding):
+    """Block-diagonal LieRE with block size ``block_size`` (None: dense, one block of head_dim)."""
+
+    default_scheme = "proportional"
+
+    def __init__(
+        self,
+        *,
+        block_size: int | None = 8,
+        per_layer: bool = True,
+        per_head: bool = True,
+        init: str = "paper",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        g = self.head_dim if block_size is None else int(block_size)
+        if g < 2 or self.head_dim % g:
+            raise ValueError(
+                f"liere: block_size {block_size} must be >= 2 and divide head_dim {self.head_dim} "
+                f"(for a dense generator pass block_size=None, i.e. g = head_dim)"
+            )
+        if init not in INITS:
+            raise ValueError(f"liere: unknown init {init!r}; expected one of {INITS}")
+        self.block_size, self.num_blocks = g, self.head_dim // g
+        self.per_layer, self.per_head, self.init = per_layer, per_head, init
+        L = self.depth if per_layer else 1
+        H = self.num_heads if per_head else 1
+        rows, cols = torch.triu_indices(g, g, offset=1)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+        # (num_axes, L, H, d/g, g(g-1)/2): the strict upper triangle of every block
+        self.upper = nn.Parameter(torch.empty(self.num_axes, L, H, self.num_blocks, rows.numel()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.init == "paper":  # the paper's U[0, 2 pi): large norms, many windings per grid
+                self.upper.uniform_(0.0, 2 * math.pi)
+            else:  # N(0, 1/g): spectral norm about 2 whatever the block size
+                self.upper.normal_(0.0, 1.0 / math.sqrt(self.block_size))
+
+    def skew(self, upper: Tensor) -> Tensor:
+        """Strict upper triangles (..., g(g-1)/2) -> skew-symmetric blocks (..., g, g)."""
+        g = self.block_size
+        full = upper.new_zeros(*upper.shape[:-1], g, g)
+        full[..., self._rows, self._cols] = upper
+        return full - full.transpose(-1, -2)
+
+    def generator_matrices(self) -> Tensor:
+        """(num_axes, L, H, d/g, g, g), skew-symmetric; L = depth or 1, H = heads or 1."""
+        return self.skew(self.upper)
+
+    def rotation(self, pos: Tensor) -> Tensor:
+        """pos (N, num_axes) -> exp(sum_a p_a A_a): (L, H, N, d/g, g, g), orthogonal."""
+        # sum over axes on the upper triangles (half the work of full matrices), then one skew
+        mixed = torch.einsum("na,alhkm->lhnkm", pos, self.upper.float())
+        return torch.linalg.matrix_exp(self.skew(mixed))
+
+    def _state(self, pos: Tensor) -> RotationState:
+        if self.block_size == 2:  # exp([[0, u], [-u, 0]]) rotates by -u: RoPE's angle form
+            theta = -torch.einsum("na,alhk->lhnk", pos, self.upper[..., 0].float())
+            return AngleRotation(theta.cos(), theta.sin())
+        return super()._state(pos)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, block_size={self.block_size}, per_layer={self.per_layer}, "
+            f"per_head={self.per_head}, init={self.init!r}, positions={self.position_scheme!r}"
+        )
