@@ -73,6 +73,8 @@ class SinCosAPE(PositionEncoding):
         key = (tuple(grid_shape), tokens.device)
         if key not in self._tables:
             if len(grid_shape) != self.num_axes:
-                raise ValueError(f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}")
+                raise ValueError(
+                    f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}"
+                )
             self._tables[key] = sincos_table(grid_shape, tokens.shape[-1], self.temperature).to(tokens.device)
         return tokens + self._tables[key].to(tokens.dtype)

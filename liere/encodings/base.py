@@ -52,7 +52,8 @@ class AngleRotation:
         L, H, _, K = self.cos.shape
         ones = self.cos.new_ones(L, H, num_prefix, K)
         return AngleRotation(
-            torch.cat([ones, self.cos], dim=2), torch.cat([torch.zeros_like(ones), self.sin], dim=2),
+            torch.cat([ones, self.cos], dim=2),
+            torch.cat([torch.zeros_like(ones), self.sin], dim=2),
             self.basis,
         )
 
@@ -82,7 +83,9 @@ class BlockRotation:
         if num_prefix == 0:
             return self
         L, H, _, K, g, _ = self.blocks.shape
-        eye = torch.eye(g, dtype=self.blocks.dtype, device=self.blocks.device).expand(L, H, num_prefix, K, g, g)
+        eye = torch.eye(g, dtype=self.blocks.dtype, device=self.blocks.device).expand(
+            L, H, num_prefix, K, g, g
+        )
         return BlockRotation(torch.cat([eye, self.blocks], dim=2))
 
     def to(self, dtype: torch.dtype) -> BlockRotation:
@@ -160,7 +163,9 @@ class RotaryEncoding(PositionEncoding):
     def positions(self, grid_shape: Sequence[int], device: torch.device | None = None) -> Tensor:
         """Positions of a grid's tokens under this encoding's scheme: (N, num_axes)."""
         if len(grid_shape) != self.num_axes:
-            raise ValueError(f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}")
+            raise ValueError(
+                f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}"
+            )
         return grid_positions(grid_shape, self.grid_shape, self.position_scheme, device=device)
 
     def _reference(self) -> Tensor:

@@ -23,7 +23,9 @@ from liere.encodings.rope import FrequencyRotary, angle_blocks, angles, mixed_fr
 class STRING(FrequencyRotary):
     """Cayley-STRING with learnable frequencies, per layer and head (or shared)."""
 
-    def __init__(self, *, theta: float = 10.0, per_layer: bool = True, per_head: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *, theta: float = 10.0, per_layer: bool = True, per_head: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         d = self.head_dim
         if d % 2:
@@ -50,15 +52,24 @@ class STRING(FrequencyRotary):
         eye = torch.eye(d, dtype=s.dtype, device=s.device)
         return torch.linalg.solve(eye + skew, eye - skew)
 
+    def _conjugate(self, blocks: Tensor) -> Tensor:
+        """2 x 2 blocks (X, L, H, K, 2, 2) -> P blockdiag(blocks) P^T as one dense block (X, L, H, 1, d, d)."""
+        X, L, H, K = blocks.shape[:4]
+        dense = blocks.new_zeros(X, L, H, K, 2, K, 2)
+        dense.diagonal(dim1=3, dim2=5).copy_(blocks.permute(0, 1, 2, 4, 5, 3))
+        dense = dense.reshape(X, L, H, 2 * K, 2 * K)
+        P = self.basis()  # (L, H, d, d)
+        return (P @ dense @ P.transpose(-1, -2)).unsqueeze(3)
+
+    def generator_matrices(self) -> Tensor:
+        """(num_axes, L, H, 1, d, d): P (f[a, k] J on every pair k) P^T, pairwise commuting."""
+        return self._conjugate(super().generator_matrices())
+
     def rotation(self, pos: Tensor) -> Tensor:
         """P RoPE(p) P^T as one dense block: (L, H, N, 1, d, d)."""
         blocks = angle_blocks(angles(pos, self.freqs.float()))  # (L, H, N, K, 2, 2)
-        L, H, N, K = blocks.shape[:4]
-        rope = blocks.new_zeros(L, H, N, K, 2, K, 2)
-        rope.diagonal(dim1=3, dim2=5).copy_(blocks.permute(0, 1, 2, 4, 5, 3))
-        rope = rope.reshape(L, H, N, 2 * K, 2 * K)
-        P = self.basis().unsqueeze(2)  # (L, H, 1, d, d)
-        return (P @ rope @ P.transpose(-1, -2)).unsqueeze(3)
+        dense = self._conjugate(blocks.permute(2, 0, 1, 3, 4, 5))  # tokens lead: (N, L, H, 1, d, d)
+        return dense.permute(1, 2, 0, 3, 4, 5)
 
     def _state(self, pos: Tensor) -> AngleRotation:
         theta = angles(pos, self.freqs.float())

@@ -54,7 +54,12 @@ def build(
         raise ValueError(f"unknown position encoding {name!r}; expected one of {list_encodings()}")
     try:
         return ENCODINGS[key](
-            head_dim=head_dim, num_heads=num_heads, depth=depth, num_axes=num_axes, grid_shape=grid_shape, **options
+            head_dim=head_dim,
+            num_heads=num_heads,
+            depth=depth,
+            num_axes=num_axes,
+            grid_shape=grid_shape,
+            **options,
         )
     except TypeError as err:  # an option this encoding does not take
         raise TypeError(f"position encoding {name!r}: {err}") from None

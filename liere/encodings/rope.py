@@ -38,6 +38,12 @@ class FrequencyRotary(RotaryEncoding):
     def frequencies(self) -> Tensor:
         raise NotImplementedError
 
+    def generator_matrices(self) -> Tensor:
+        """(num_axes, L, H, d/2, 2, 2): axis a's generator is f[a, k] * [[0, -1], [1, 0]] on pair k."""
+        f = self.frequencies()
+        zero = torch.zeros_like(f)
+        return torch.stack([torch.stack([zero, -f], -1), torch.stack([f, zero], -1)], -2)
+
     def rotation(self, pos: Tensor) -> Tensor:
         return angle_blocks(angles(pos, self.frequencies().float()))
 
@@ -60,7 +66,9 @@ class RoPEAxial(FrequencyRotary):
         K = _check_even(self.head_dim, "rope_axial")
         per_axis = K // self.num_axes
         if per_axis == 0:
-            raise ValueError(f"rope_axial: head_dim {self.head_dim} has fewer pairs than {self.num_axes} axes")
+            raise ValueError(
+                f"rope_axial: head_dim {self.head_dim} has fewer pairs than {self.num_axes} axes"
+            )
         freqs = torch.zeros(self.num_axes, 1, 1, K)
         spectrum = theta ** (-torch.arange(per_axis, dtype=torch.float64) / per_axis)
         for a in range(self.num_axes):  # pairs beyond num_axes * per_axis stay unrotated
@@ -88,7 +96,9 @@ def mixed_frequencies(num_axes: int, L: int, H: int, K: int, theta: float, gener
 class RoPEMixed(FrequencyRotary):
     """Learnable mixed-axis frequencies per layer and head (or shared)."""
 
-    def __init__(self, *, theta: float = 10.0, per_layer: bool = True, per_head: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *, theta: float = 10.0, per_layer: bool = True, per_head: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         K = _check_even(self.head_dim, "rope_mixed")
         L = self.depth if per_layer else 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,7 +34,9 @@ class PatchEmbed(nn.Module):
             )
         for axis, (s, p) in enumerate(zip(spatial, self.patch_size)):
             if s % p or s == 0:
-                raise ValueError(f"input size {s} on spatial axis {axis} is not a positive multiple of patch size {p}")
+                raise ValueError(
+                    f"input size {s} on spatial axis {axis} is not a positive multiple of patch size {p}"
+                )
         return tuple(s // p for s, p in zip(spatial, self.patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -55,7 +56,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention; q and k rotated by the layer's rotations, then SDPA."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
@@ -66,7 +69,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rotation: RotationState | None, layer: int) -> Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        qkv = (
+            self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # (3, B, H, T, d)
         if rotation is not None:
             qk = rotation.apply(qkv[:2], layer)  # q and k in one call; v is not rotated
             q, k, v = qk[0], qk[1], qkv[2]
@@ -97,8 +102,16 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
 class Block(nn.Module):
     """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)

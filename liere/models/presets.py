@@ -25,6 +25,4 @@ def _build(embed_dim: int, depth: int, num_heads: int, patch: int, **kwargs) -> 
 
 for _size, (_dim, _depth, _heads) in SIZES.items():
     for _patch in PATCHES:
-        register_model(
-            f"vit_{_size}_patch{_patch}", partial(_build, _dim, _depth, _heads, _patch)
-        )
+        register_model(f"vit_{_size}_patch{_patch}", partial(_build, _dim, _depth, _heads, _patch))

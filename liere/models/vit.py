@@ -58,7 +58,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.img_size = _as_tuple(img_size, 2, "img_size") if isinstance(img_size, int) else tuple(img_size)
         if len(self.img_size) not in (1, 2, 3):
-            raise ValueError(f"img_size {self.img_size}: expected 1 (signal), 2 (image) or 3 (volume, video) axes")
+            raise ValueError(
+                f"img_size {self.img_size}: expected 1 (signal), 2 (image) or 3 (volume, video) axes"
+            )
         n = len(self.img_size)
         self.patch_size = _as_tuple(patch_size, n, "patch_size")
         if global_pool not in POOLS:
@@ -71,13 +73,19 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if global_pool == "token" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix_tokens else None
         self.encoding = encodings.build(
-            encoding, head_dim=embed_dim // num_heads, num_heads=num_heads, depth=depth, num_axes=n,
-            grid_shape=self.grid_shape, **(encoding_options or {}),
+            encoding,
+            head_dim=embed_dim // num_heads,
+            num_heads=num_heads,
+            depth=depth,
+            num_axes=n,
+            grid_shape=self.grid_shape,
+            **(encoding_options or {}),
         )
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # linear decay rule
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate) for rate in rates
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate)
+            for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
