@@ -47,6 +47,7 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 install: $(VENV)/.test
 
 test: $(VENV)/.test
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test

@@ -5,12 +5,13 @@ model = liere.create_model("vit_small_patch16", encoding="liere8", num_classes=1
 """
 
 from liere import encodings, models
-from liere.models import VisionTransformer, create_model, list_models, register_model
+from liere.models import VisionTransformer, count_flops, create_model, list_models, register_model
 
 __version__ = "0.1.0"
 __all__ = [
     "VisionTransformer",
     "__version__",
+    "count_flops",
     "create_model",
     "encodings",
     "list_models",

@@ -229,3 +229,20 @@ print("ok")
 def test_model_library_imports_with_torch_alone():
     out = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_flop_counts_match_the_known_vit_b_cost_and_the_papers_overheads():
+    """ViT-B/16 at 224 is 17.6 GMACs; LieRE reports +0.04% (RoPE-Mixed), +0.18% (LieRE_8) and
+    +1.38% (LieRE_64) over APE at ViT-B."""
+    with torch.device("meta"):
+        totals = {
+            enc: liere.count_flops(liere.create_model("vit_base_patch16", encoding=enc))["total"]
+            for enc in ["ape", "rope_mixed", "liere8", "liere64"]
+        }
+    assert totals["ape"] / 2 == pytest.approx(17.6e9, rel=0.01)
+    overhead = {k: 100 * (v / totals["ape"] - 1) for k, v in totals.items()}
+    assert overhead["rope_mixed"] == pytest.approx(0.04, abs=0.02)
+    assert overhead["liere8"] == pytest.approx(0.18, abs=0.03)
+    assert overhead["liere64"] == pytest.approx(1.38, abs=0.1)
+    small = liere.create_model("vit_micro_patch4", encoding="liere8", img_size=16)
+    assert liere.count_flops(small, (32, 32))["total"] > liere.count_flops(small)["total"]

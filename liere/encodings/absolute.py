@@ -44,6 +44,9 @@ class LearnedAPE(PositionEncoding):
     def embed(self, tokens: Tensor, grid_shape: Sequence[int]) -> Tensor:
         return tokens + self.table(grid_shape).to(tokens.dtype)
 
+    def apply_flops(self, num_tokens: int) -> int:
+        return num_tokens * self.head_dim * self.num_heads  # one addition per channel
+
 
 def sincos_table(grid_shape: Sequence[int], dim: int, temperature: float = 10000.0) -> Tensor:
     """Fixed N-d sin-cos embedding (N, dim) of integer patch indices: each axis owns an equal,
@@ -78,3 +81,6 @@ class SinCosAPE(PositionEncoding):
                 )
             self._tables[key] = sincos_table(grid_shape, tokens.shape[-1], self.temperature).to(tokens.device)
         return tokens + self._tables[key].to(tokens.dtype)
+
+    def apply_flops(self, num_tokens: int) -> int:
+        return num_tokens * self.head_dim * self.num_heads

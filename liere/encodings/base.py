@@ -128,6 +128,10 @@ class PositionEncoding(nn.Module):
         """The rotations of one forward pass for every layer and head (rotary kinds), else None."""
         return None
 
+    def apply_flops(self, num_tokens: int) -> int:
+        """FLOPs per sample of applying the encoding to ``num_tokens`` tokens (all layers)."""
+        return 0
+
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_heads={self.num_heads}, depth={self.depth}, num_axes={self.num_axes}"
 
@@ -158,6 +162,14 @@ class RotaryEncoding(PositionEncoding):
 
     def _state(self, pos: Tensor) -> RotationState:
         return BlockRotation(self.rotation(pos))
+
+    def apply_flops(self, num_tokens: int) -> int:
+        """Rotating q and k in every layer: 2 * depth * heads * tokens * (cost per head vector)."""
+        return 2 * self.depth * self.num_heads * num_tokens * self._vector_flops()
+
+    def _vector_flops(self) -> int:
+        """FLOPs to rotate one head vector: 3 per channel in the angle form (2 mul + 1 add)."""
+        return 3 * self.head_dim
 
     # -- shared machinery --------------------------------------------------------------------
     def positions(self, grid_shape: Sequence[int], device: torch.device | None = None) -> Tensor:

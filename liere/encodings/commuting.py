@@ -71,6 +71,10 @@ class STRING(FrequencyRotary):
         dense = self._conjugate(blocks.permute(2, 0, 1, 3, 4, 5))  # tokens lead: (N, L, H, 1, d, d)
         return dense.permute(1, 2, 0, 3, 4, 5)
 
+    def _vector_flops(self) -> int:
+        """The change of basis P^T x (2 d^2), then RoPE's angle form (3 d)."""
+        return 2 * self.head_dim**2 + super()._vector_flops()
+
     def _state(self, pos: Tensor) -> AngleRotation:
         theta = angles(pos, self.freqs.float())
         return AngleRotation(theta.cos(), theta.sin(), basis=self.basis())

@@ -82,6 +82,10 @@ class LieRE(RotaryEncoding):
             return AngleRotation(theta.cos(), theta.sin())
         return super()._state(pos)
 
+    def _vector_flops(self) -> int:
+        """d/g products of a g x g block with a g-vector: 2 d g (angle form when g = 2)."""
+        return super()._vector_flops() if self.block_size == 2 else 2 * self.head_dim * self.block_size
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, block_size={self.block_size}, per_layer={self.per_layer}, "

@@ -1,7 +1,8 @@
 """N-d vision transformers with pluggable position encodings, and their registry."""
 
 from liere.models import presets as _presets  # noqa: F401  (registers the presets)
+from liere.models.flops import count_flops
 from liere.models.registry import create_model, list_models, register_model
 from liere.models.vit import VisionTransformer
 
-__all__ = ["VisionTransformer", "create_model", "list_models", "register_model"]
+__all__ = ["VisionTransformer", "count_flops", "create_model", "list_models", "register_model"]
