@@ -1,0 +1,1 @@
+"""Entry points: thin command lines over liere and pipelines."""

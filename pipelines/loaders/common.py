@@ -1,0 +1,195 @@
+"""What every backend shares: the epoch's sample order per rank, resume state, and batch finishing.
+
+Order: one permutation of the split per (seed, epoch), the same on every rank; rank r takes every
+world_size-th position from r, so ranks are disjoint and together cover the split (training drops
+the last `n % world_size` positions of the permutation so every rank has the same number of batches).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines import transforms as T
+
+log = logging.getLogger(__name__)
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values win; then an initialized torch.distributed group; then RANK/WORLD_SIZE; then (0, 1)."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank = torch.distributed.get_rank() if rank is None else rank
+            world_size = torch.distributed.get_world_size() if world_size is None else world_size
+        else:
+            rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+            world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+    return int(rank), int(world_size)
+
+
+def epoch_positions(
+    n: int, *, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool, drop_uneven: bool
+) -> np.ndarray:
+    """Positions (0..n-1 in the split) that `rank` reads in `epoch`, in order."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if drop_uneven:
+        order = order[: (n // world_size) * world_size]
+    return order[rank::world_size]
+
+
+class Loader:
+    """Base class of the three backends: `for batch in loader` yields {"input", "label", "index"}.
+
+    `input` is float32 (B, C, ...) normalized with the data set's mean/std, `label` int64 (B,),
+    `index` int64 (B,) the sample's index in the source split (identical across backends). With
+    mixup/cutmix, the batch also holds `target`, float32 (B, num_classes) soft labels.
+    """
+
+    backend = ""
+
+    def __init__(
+        self,
+        info: dict[str, Any],
+        *,
+        batch_size: int,
+        train: bool,
+        image_size: int | tuple[int, ...] | None,
+        rank: int,
+        world_size: int,
+        seed: int,
+        drop_last: bool | None = None,
+        shuffle: bool | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        label_smoothing: float = 0.0,
+        crop_ratio: float | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        num_workers: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.info = info
+        self.num_samples_total = int(info["num_samples"])
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.spatial_rank = int(info["spatial_rank"])
+        native = info["native_size"]
+        self.image_size = T.as_size(image_size if image_size is not None else tuple(native), self.spatial_rank)
+        self.channels = int(info["channels"])
+        self.num_classes = int(info["num_classes"])
+        self.rank, self.world_size = rank, world_size
+        self.seed = int(seed)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.label_smoothing = float(label_smoothing)
+        self.crop_ratio = float(crop_ratio) if crop_ratio is not None else T.default_crop_ratio(min(self.image_size))
+        self.scale = tuple(scale)
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        self.mean = torch.tensor(info["mean"], dtype=torch.float32)
+        self.std = torch.tensor(info["std"], dtype=torch.float32)
+        self.epoch = 0
+        self._skip = 0  # batches to skip at the start of the next iteration (resume)
+        self._consumed = 0
+
+    # ---- order and state -------------------------------------------------------------------
+    def positions(self, epoch: int | None = None) -> np.ndarray:
+        """Positions in the split this rank reads in `epoch` (default: the current one)."""
+        return epoch_positions(
+            self.num_samples_total,
+            epoch=self.epoch if epoch is None else epoch,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle=self.shuffle,
+            drop_uneven=self.drop_last,
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        n = len(self.positions())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch on this rank (after dropping an incomplete last batch in training)."""
+        n = len(self.positions())
+        return (n // self.batch_size) * self.batch_size if self.drop_last else n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration follows; a pending resume for another epoch is dropped."""
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position to resume from: the epoch and the number of batches already consumed in it."""
+        return {
+            "backend": self.backend,
+            "epoch": self.epoch,
+            "batches": self._consumed if self._skip == 0 else self._skip,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration runs epoch state["epoch"] without its first state["batches"] batches."""
+        for key in ("seed", "world_size", "batch_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume: the saved loader state has {key}={state[key]}, this loader {getattr(self, key)}"
+                )
+        self.epoch = int(state["epoch"])
+        self._skip = int(state["batches"])
+        self._consumed = self._skip
+
+    # ---- iteration -------------------------------------------------------------------------------
+    def _batches(self) -> list[np.ndarray]:
+        pos = self.positions()
+        bs = self.batch_size
+        return [pos[i : i + bs] for i in range(0, len(self) * bs, bs)]
+
+    def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Backend part: yield per batch {"input": uint8/float tensor, "label", "index", "normalized": bool}."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = self._batches()
+        first = min(self._skip, len(batches))
+        self._skip = 0
+        self._consumed = first
+        epoch = self.epoch
+        for i, raw in enumerate(self._iter_raw(batches[first:], first), start=first):
+            batch = self._finish(raw, epoch, i)
+            self._consumed = i + 1  # counted when handed out: a checkpoint taken after using it skips it
+            yield batch
+        if self.epoch == epoch and self._consumed >= len(batches):
+            self.epoch = epoch + 1  # an epoch read to its end moves on, like FFCV; set_epoch overrides
+            self._consumed = 0
+
+    def _finish(self, raw: dict[str, Any], epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
+        x = raw["input"]
+        if not raw.get("normalized", False):
+            x = T.normalize(x, self.mean, self.std)
+        batch = {"input": x, "label": raw["label"].to(torch.int64), "index": raw["index"].to(torch.int64)}
+        if self.train and (self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0):
+            rng = np.random.default_rng([self.seed, epoch, batch_index, self.rank, 7])
+            batch["input"], batch["target"] = T.mix_batch(
+                x, batch["label"], self.num_classes, rng, self.mixup_alpha, self.cutmix_alpha, self.label_smoothing
+            )
+        return batch
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.info['name']}/{self.info['split']}, samples={self.num_samples_total}, "
+            f"batch_size={self.batch_size}, train={self.train}, image_size={self.image_size}, "
+            f"rank={self.rank}/{self.world_size})"
+        )

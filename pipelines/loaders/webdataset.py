@@ -1,0 +1,138 @@
+"""The webdataset backend: reads the tar shards by position (mmap + index), decodes with PIL (2D) or
+numpy (3D) in torch DataLoader worker processes, and applies transforms.py's augmentations."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines import transforms as T
+from pipelines.loaders.common import Loader
+from pipelines.loaders.shards import ShardReader
+from pipelines.writers.encode import decode_npy
+
+
+def load_image(
+    data: bytes | memoryview,
+    channels: int,
+    size: tuple[int, int],
+    train: bool,
+    rng: np.random.Generator,
+    crop_ratio: float,
+    scale: tuple[float, float],
+) -> torch.Tensor:
+    """Decode a JPEG and crop+resize it in one PIL resize: uint8 (C, H, W).
+
+    Training: Inception random-resized crop and a horizontal flip with probability 1/2. Evaluation: the
+    centered square of side crop_ratio * shorter side, resized to `size`. Large JPEGs are decoded at a
+    reduced DCT scale (PIL's draft) when the crop still has at least `size` pixels.
+    """
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    mode = "L" if channels == 1 else "RGB"
+    w, h = img.size
+    if train:
+        top, left, ch, cw = T.random_resized_crop_box(h, w, rng, scale)
+        flip = rng.random() < 0.5
+    else:
+        top, left, ch, cw = T.center_crop_box(h, w, crop_ratio)
+        flip = False
+    reduce = min(cw / size[1], ch / size[0])
+    if reduce >= 2 and img.format == "JPEG":
+        img.draft(mode, (math.ceil(w / reduce), math.ceil(h / reduce)))
+    sx, sy = img.size[0] / w, img.size[1] / h
+    if img.mode != mode:
+        img = img.convert(mode)
+    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(img)
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def load_volume(
+    data: bytes | memoryview, size: tuple[int, int, int], train: bool, rng: np.random.Generator, crop_ratio: float
+) -> torch.Tensor:
+    """Decode an npy volume (C, D, H, W) and crop/flip (training) or resize and center crop (evaluation)."""
+    vol = torch.from_numpy(decode_npy(data).copy())
+    return T.volume_transform(vol, size, train, rng, crop_ratio).contiguous()
+
+
+class _Dataset(torch.utils.data.Dataset):
+    """Map-style dataset over (epoch, position) pairs so workers derive per-sample seeds."""
+
+    def __init__(self, reader: ShardReader, loader: WebDatasetLoader):
+        self.reader = reader
+        self.kind = reader.manifest["kind"]
+        self.channels = loader.channels
+        self.size = loader.image_size
+        self.train = loader.train
+        self.seed = loader.seed
+        self.crop_ratio = loader.crop_ratio
+        self.scale = loader.scale
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, pos = item
+        rng = np.random.default_rng([self.seed, epoch, pos])
+        data = self.reader.payload(pos)
+        if self.kind == "image":
+            x = load_image(data, self.channels, self.size, self.train, rng, self.crop_ratio, self.scale)
+        else:
+            x = load_volume(data, self.size, self.train, rng, self.crop_ratio)
+        return x, self.reader.label(pos), self.reader.index(pos)
+
+
+def _collate(items: list[tuple[torch.Tensor, int, int]]) -> dict[str, Any]:
+    return {
+        "input": torch.stack([x for x, _, _ in items]),
+        "label": torch.tensor([y for _, y, _ in items], dtype=torch.int64),
+        "index": torch.tensor([i for _, _, i in items], dtype=torch.int64),
+    }
+
+
+class WebDatasetLoader(Loader):
+    """Webdataset shards -> batches, with torch DataLoader worker processes doing decode and augmentation."""
+
+    backend = "webdataset"
+
+    def __init__(self, split_dir: str | os.PathLike, *, verify: bool = False, prefetch_factor: int = 4, **kwargs: Any):
+        self.reader = ShardReader(split_dir, verify=verify)
+        super().__init__(self.reader.manifest, **kwargs)
+        self.prefetch_factor = prefetch_factor
+        self._dataset = _Dataset(self.reader, self)
+
+    def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
+        if not batches:
+            return
+        epoch = self.epoch
+        sampler = [[(epoch, int(p)) for p in b] for b in batches]
+        workers = min(self.num_workers, len(sampler))
+        extra: dict[str, Any] = {}
+        if workers > 0:
+            extra = {"prefetch_factor": self.prefetch_factor, "multiprocessing_context": "fork"}
+        dl = torch.utils.data.DataLoader(
+            self._dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_worker_init,
+            **extra,
+        )
+        yield from dl
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,236 @@
+"""Turn a source into prepared splits (webdataset shards, FFCV betons), once; and wait for it on other ranks."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines import paths
+from pipelines.errors import DataError
+from pipelines.sources import get_source, source_class
+from pipelines.sources.base import Source
+from pipelines.writers.webdataset import write_webdataset_split
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("webdataset", "ffcv")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the data extra; without it, no bar
+        return None
+    return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, smoothing=0.1)
+
+
+def make_source(source: str | Source, src: str | os.PathLike | None, image_size: int | None, **kwargs: Any) -> tuple[Source, int | None]:
+    """Build the source; for generated/embedded sets `image_size` is their native size, for others a resize."""
+    if isinstance(source, Source):
+        return source, image_size
+    cls = source_class(source)
+    params = inspect.signature(cls.__init__).parameters
+    if cls.needs_src:
+        if src is None:
+            raise DataError(f"source {source!r} reads files: pass --src PATH (the folder that holds the data set)")
+        kwargs["src"] = src
+    elif src is not None:
+        log.warning("source %r needs no --src; ignoring %s", source, src)
+    if image_size is not None and "size" in params and "size" not in kwargs:
+        kwargs["size"] = image_size
+        image_size = None
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise TypeError(f"source {source!r} takes no argument(s) {unknown}; it takes {list(params)[1:]}")
+    return get_source(source, **kwargs), image_size
+
+
+def prepare(
+    source: str | Source,
+    out: str | os.PathLike,
+    *,
+    src: str | os.PathLike | None = None,
+    formats: Sequence[str] = ("webdataset",),
+    image_size: int | None = None,
+    workers: int = 1,
+    shard_size: int = 1000,
+    quality: int = 90,
+    volume_dtype: str = "uint8",
+    skip_bad: bool = False,
+    splits: Sequence[str] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    ffcv_max_resolution: int | None = None,
+    ffcv_write_mode: str | None = None,
+    **source_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Write `formats` for every split of `source` under `out/{name}/`; returns one summary row per output.
+
+    FFCV betons are converted from the webdataset shards of the same split (written first when absent),
+    so both hold the same samples with the same labels and pixels.
+    """
+    formats = [f.strip() for f in formats if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
+    src_obj, resize = make_source(source, src, image_size, **source_kwargs)
+    name = name or src_obj.name
+    rows = []
+    for split in splits or src_obj.splits():
+        total = src_obj.num_samples(split)
+        bar = _progress_bar(total, f"{name}/{split} webdataset", progress)
+        t0 = time.time()
+        manifest = write_webdataset_split(
+            src_obj,
+            split,
+            paths.webdataset_dir(out, name, split),
+            name=name,
+            shard_size=shard_size,
+            workers=workers,
+            image_size=resize,
+            quality=quality,
+            dtype=volume_dtype,
+            skip_bad=skip_bad,
+            overwrite=overwrite,
+            progress=bar.update if bar else None,
+        )
+        if bar:
+            bar.close()
+        rows.append(
+            {
+                "split": split, "format": "webdataset", "samples": manifest["num_samples"],
+                "files": len(manifest["shardlist"]), "bytes": sum(s["filesize"] for s in manifest["shardlist"]),
+                "skipped": manifest["num_skipped"], "seconds": round(time.time() - t0, 2),
+                "path": str(paths.webdataset_dir(out, name, split)),
+            }
+        )
+        if "ffcv" in formats:
+            from pipelines.writers.ffcv import write_ffcv_split
+
+            bar = _progress_bar(manifest["num_samples"], f"{name}/{split} ffcv", progress)
+            t0 = time.time()
+            info = write_ffcv_split(
+                paths.webdataset_dir(out, name, split),
+                paths.ffcv_file(out, name, split),
+                paths.ffcv_manifest(out, name, split),
+                workers=workers,
+                quality=quality,
+                max_resolution=ffcv_max_resolution,
+                write_mode=ffcv_write_mode,
+                overwrite=overwrite,
+                progress=bar.update if bar else None,
+            )
+            if bar:
+                bar.close()
+            rows.append(
+                {
+                    "split": split, "format": "ffcv", "samples": info["num_samples"], "files": 1,
+                    "bytes": info["filesize"], "skipped": manifest["num_skipped"],
+                    "seconds": round(time.time() - t0, 2), "path": str(paths.ffcv_file(out, name, split)),
+                }
+            )
+    return rows
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of prepare()'s rows."""
+    head = f"{'split':<8} {'format':<11} {'samples':>9} {'files':>6} {'MB':>9} {'skipped':>8} {'seconds':>8}  path"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['split']:<8} {r['format']:<11} {r['samples']:>9} {r['files']:>6} {r['bytes'] / 1e6:>9.2f} "
+            f"{r['skipped']:>8} {r['seconds']:>8.2f}  {r['path']}"
+        )
+    return "\n".join(lines)
+
+
+def _complete(root: str | os.PathLike, dataset: str, splits: Sequence[str], formats: Sequence[str]) -> bool:
+    for split in splits:
+        if "webdataset" in formats and not paths.webdataset_manifest(root, dataset, split).is_file():
+            return False
+        if "ffcv" in formats and not paths.ffcv_manifest(root, dataset, split).is_file():
+            return False
+    return True
+
+
+def ensure_prepared(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    formats: Sequence[str] = ("webdataset",),
+    rank: int | None = None,
+    world_size: int | None = None,
+    timeout: float = 3600.0,
+    poll: float = 0.5,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Prepare `dataset` under `root` unless it is already there; idempotent and safe on many ranks.
+
+    Rank 0 prepares (under a lock file, so independent jobs sharing `root` do not collide); the other
+    ranks wait for the manifests, which are written last. Returns dataset_info(root, dataset).
+    """
+    from pipelines.loaders.common import resolve_rank
+
+    rank, world_size = resolve_rank(rank, world_size)
+    cls = source_class(dataset) if "name" not in kwargs else None
+    name = kwargs.get("name", dataset)
+    if cls is not None and cls.needs_src and "src" not in kwargs:
+        raise DataError(f"{dataset!r} reads files: ensure_prepared needs src=...")
+    splits = kwargs.get("splits") or _source_splits(dataset, kwargs)
+    if _complete(root, name, splits, formats):
+        return dataset_info(root, name)
+    if rank == 0:
+        lock = Path(root) / name / ".prepare.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)  # a second job sharing root waits here, then finds the work done
+            try:
+                if not _complete(root, name, splits, formats):
+                    prepare(dataset, root, formats=formats, progress=bool(progress), **kwargs)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        deadline = time.time() + timeout
+        while not _complete(root, name, splits, formats):
+            if time.time() > deadline:
+                raise TimeoutError(f"rank {rank}: {name} under {root} not prepared after {timeout:.0f} s")
+            time.sleep(poll)
+    return dataset_info(root, name)
+
+
+def _source_splits(dataset: str, kwargs: dict[str, Any]) -> list[str]:
+    src_kwargs = {k: v for k, v in kwargs.items() if k not in inspect.signature(prepare).parameters or k == "src"}
+    image_size = kwargs.get("image_size")
+    source, _ = make_source(dataset, src_kwargs.pop("src", None), image_size, **src_kwargs)
+    return source.splits()
+
+
+def dataset_info(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
+    """Metadata to size a model: num_classes, channels, spatial_rank, native_size, classes, mean, std, splits."""
+    base = Path(root) / dataset
+    manifests = {}
+    for m in sorted(base.glob("webdataset/*/manifest.json")) + sorted(base.glob("ffcv/*.json")):
+        data = json.loads(m.read_text())
+        manifests.setdefault(data["split"], data)
+    if not manifests:
+        raise DataError(f"{base}: no prepared split (no manifest.json); run launch/prepare_data.py {dataset} first")
+    first = manifests.get("train") or next(iter(manifests.values()))
+    keys = ("name", "kind", "num_classes", "classes", "channels", "spatial_rank", "native_size", "mean", "std")
+    info = {k: first[k] for k in keys}
+    info["splits"] = {s: m["num_samples"] for s, m in manifests.items()}
+    info["formats"] = sorted(
+        {"webdataset" for _ in base.glob("webdataset/*/manifest.json")} | {"ffcv" for _ in base.glob("ffcv/*.json")}
+    )
+    return info

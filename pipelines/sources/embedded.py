@@ -1,0 +1,162 @@
+"""Embedded data sets that need no download: real handwritten digits and generated "compass" sets.
+
+`digits` is scikit-learn's bundled copy of the UCI optical handwritten digits (1797 8x8 images,
+Alpaydin & Kaynak 1998). `compass2d`/`compass3d` draw an anchor mark and a target mark; the label is
+the direction of the target seen from the anchor, so it depends only on their relative position,
+while the pair is placed uniformly at random wherever it fits (absolute position is drawn
+independently of the label). Every sample is a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.sources.base import Sample, Source
+
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+def _stats(arrays: list[np.ndarray], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 arrays in [0, 1]; channel axis last for images, first for volumes."""
+    x = np.stack(arrays).astype(np.float64) / 255.0
+    axis = -1 if x.ndim == 4 and x.shape[-1] == channels else 1
+    x = np.moveaxis(x, axis, 0).reshape(channels, -1)
+    std = np.maximum(x.std(axis=1), 1e-3)
+    return tuple(float(v) for v in x.mean(axis=1)), tuple(float(v) for v in std)
+
+
+class Digits(Source):
+    """scikit-learn's handwritten digits, 10 classes; every 5th image is `val`; upsampled to `size`."""
+
+    name = "digits"
+    kind = "image"
+    needs_src = False
+
+    def __init__(self, size: int = 32):
+        from sklearn.datasets import load_digits  # bundled with scikit-learn, read from its package data
+
+        data = load_digits()
+        self.size = int(size)
+        self._images = np.clip(np.round(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (N, 8, 8)
+        self._labels = data.target.astype(np.int64)
+        idx = np.arange(len(self._labels))
+        self._index = {"train": idx[idx % 5 != 0], "val": idx[idx % 5 == 0]}
+        self.classes = [str(d) for d in range(10)]
+        self.channels = 1
+        self.mean, self.std = _stats([self._images[i][..., None] for i in self._index["train"]], 1)
+
+    def splits(self) -> list[str]:
+        return ["train", "val"]
+
+    def num_samples(self, split: str) -> int:
+        self._check_split(split)
+        return len(self._index[split])
+
+    def get(self, split: str, index: int) -> Sample:
+        from PIL import Image
+
+        i = int(self._index[split][index])
+        img = Image.fromarray(self._images[i], mode="L")
+        if self.size != 8:
+            img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return Sample(np.asarray(img), int(self._labels[i]), f"sklearn digits #{i}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "size": self.size}
+
+
+class _Compass(Source):
+    """Shared placement logic of the compass sets: a displacement per label, a uniform placement."""
+
+    needs_src = False
+    ndim = 2
+
+    def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0):
+        self.size = int(size)
+        if self.size < 8:
+            raise ValueError(f"{self.name}: size must be at least 8, got {self.size}")
+        self.seed = int(seed)
+        self._counts = {"train": int(num_train), "val": int(num_val)}
+        self.mark = max(1, self.size // 16)
+        sample = [self.get("train", i).data for i in range(min(64, self._counts["train"]))]
+        self.mean, self.std = _stats(sample, self.channels)
+
+    def splits(self) -> list[str]:
+        return ["train", "val"]
+
+    def num_samples(self, split: str) -> int:
+        self._check_split(split)
+        return self._counts[split]
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "size": self.size, "seed": self.seed, "counts": self._counts}
+
+    def _rng(self, split: str, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLIT_CODE.get(split, 9), int(index)])
+
+    def _place(self, rng: np.random.Generator, disp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform anchor position such that anchor and anchor + disp both fit on the canvas."""
+        m = self.mark
+        lo = np.maximum(0, -disp)
+        hi = self.size - m - np.maximum(0, disp)  # inclusive upper bound for the anchor corner
+        anchor = np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
+        return anchor, anchor + disp
+
+
+class Compass2D(_Compass):
+    """RGB images; label = one of 8 compass directions (E, NE, N, ... SE) from the red to the green mark."""
+
+    name = "compass2d"
+    kind = "image"
+    ndim = 2
+
+    def __init__(self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0):
+        self.classes = ["E", "NE", "N", "NW", "W", "SW", "S", "SE"]
+        self.channels = 3
+        super().__init__(size, num_train, num_val, seed)
+
+    def get(self, split: str, index: int) -> Sample:
+        rng = self._rng(split, index)
+        label = int(rng.integers(0, 8))
+        m, s = self.mark, self.size
+        # angle inside the label's 45 degree sector, 7.5 degrees away from its borders
+        angle = np.deg2rad(label * 45.0 + rng.uniform(-15.0, 15.0))
+        length = rng.uniform(0.25, 0.6) * (s - m)
+        # image rows grow downwards: "north" is a negative row displacement
+        disp = np.round([-length * np.sin(angle), length * np.cos(angle)]).astype(int)
+        a, t = self._place(rng, disp)
+        img = rng.integers(0, 24, size=(s, s, 3), dtype=np.uint8)  # faint noise background
+        img[a[0] : a[0] + m, a[1] : a[1] + m] = (255, 40, 40)
+        img[t[0] : t[0] + m, t[1] : t[1] + m] = (40, 255, 40)
+        return Sample(img, label, f"{self.name} seed={self.seed} {split}#{index}")
+
+
+class Compass3D(_Compass):
+    """One-channel volumes; label = dominant axis and sign (+x, -x, +y, -y, +z, -z) from bright to dim mark."""
+
+    name = "compass3d"
+    kind = "volume"
+    ndim = 3
+
+    def __init__(self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0):
+        self.classes = ["+x", "-x", "+y", "-y", "+z", "-z"]
+        self.channels = 1
+        super().__init__(size, num_train, num_val, seed)
+
+    def get(self, split: str, index: int) -> Sample:
+        rng = self._rng(split, index)
+        label = int(rng.integers(0, 6))
+        m, s = self.mark, self.size
+        axis = {0: 2, 1: 2, 2: 1, 3: 1, 4: 0, 5: 0}[label]  # array axes are (z, y, x)
+        sign = 1 if label % 2 == 0 else -1
+        main = rng.uniform(0.3, 0.6) * (s - m)
+        disp = rng.uniform(-0.45, 0.45, size=3) * main  # off-axis parts stay well below the main one
+        disp[axis] = sign * main
+        disp = np.round(disp).astype(int)
+        a, t = self._place(rng, disp)
+        vol = rng.integers(0, 24, size=(1, s, s, s), dtype=np.uint8)
+        vol[0, a[0] : a[0] + m, a[1] : a[1] + m, a[2] : a[2] + m] = 255
+        vol[0, t[0] : t[0] + m, t[1] : t[1] + m, t[2] : t[2] + m] = 128
+        return Sample(vol, label, f"{self.name} seed={self.seed} {split}#{index}")

@@ -1,0 +1,153 @@
+"""Torch-only image and volume operations shared by the loaders: crops, flips, normalization, mixup/cutmix.
+
+Geometry is computed with numpy generators seeded per (seed, epoch, sample), so augmentations are
+reproducible; pixel work happens in torch on uint8 or float tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering `scale` of the area with aspect in `ratio` (Szegedy et al. 2015,
+    "Going deeper with convolutions", the Inception crop); falls back to a center crop after 10 tries."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_crop_box(height: int, width: int, crop_ratio: float) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the centered square of side crop_ratio * min(height, width)."""
+    side = max(1, round(crop_ratio * min(height, width)))
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def default_crop_ratio(image_size: int) -> float:
+    """Evaluation crop: 0.875 (resize 256, crop 224; Krizhevsky et al. 2012 / DeiT) for large inputs, none for small."""
+    return 0.875 if image_size >= 128 else 1.0
+
+
+def as_size(image_size: int | tuple[int, ...] | list[int], rank: int) -> tuple[int, ...]:
+    """Expand an int to `rank` equal sides; check a tuple has `rank` entries."""
+    if isinstance(image_size, int):
+        return (image_size,) * rank
+    size = tuple(int(v) for v in image_size)
+    if len(size) != rank:
+        raise ValueError(f"image_size {image_size} has {len(size)} entries, the data has {rank} spatial axes")
+    return size
+
+
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 or float pixels in [0, 255] -> float32 (x / 255 - mean) / std, per channel (dim 1)."""
+    shape = (1, -1) + (1,) * (batch.ndim - 2)
+    x = batch.to(torch.float32)
+    return (x - (mean * 255.0).view(shape)) / (std * 255.0).view(shape)
+
+
+def crop_volume(
+    vol: torch.Tensor, size: tuple[int, int, int], rng: np.random.Generator | None
+) -> torch.Tensor:
+    """Random (rng given) or center crop of a (C, D, H, W) volume to `size`, zero-padding axes that are smaller."""
+    pads = []
+    for have, want in zip(reversed(vol.shape[1:]), reversed(size)):
+        extra = max(0, want - have)
+        pads += [extra // 2, extra - extra // 2]
+    if any(pads):
+        vol = F.pad(vol, pads)
+    slices = [slice(None)]
+    for have, want in zip(vol.shape[1:], size):
+        start = int(rng.integers(0, have - want + 1)) if rng is not None else (have - want) // 2
+        slices.append(slice(start, start + want))
+    return vol[tuple(slices)]
+
+
+def resize_volume(vol: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resize of a (C, D, H, W) volume; returns float32 in the input's value range."""
+    if tuple(vol.shape[1:]) == tuple(size):
+        return vol
+    out = F.interpolate(vol[None].to(torch.float32), size=size, mode="trilinear", align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(vol.dtype) if vol.dtype == torch.uint8 else out
+
+
+def volume_transform(
+    vol: torch.Tensor,
+    size: tuple[int, int, int],
+    train: bool,
+    rng: np.random.Generator,
+    crop_ratio: float = 1.0,
+) -> torch.Tensor:
+    """Training: random crop to `size` (after an upscale if the volume is smaller) and a random flip of
+    the last (left-right) axis. Evaluation: resize to size / crop_ratio, then center crop to `size`."""
+    if train:
+        scale = max(s / h for s, h in zip(size, vol.shape[1:]))
+        if scale > 1:
+            vol = resize_volume(vol, tuple(max(s, math.ceil(h * scale)) for s, h in zip(size, vol.shape[1:])))
+        vol = crop_volume(vol, size, rng)
+        if rng.random() < 0.5:
+            vol = vol.flip(-1)
+        return vol
+    vol = resize_volume(vol, tuple(round(s / crop_ratio) for s in size))
+    return crop_volume(vol, size, None)
+
+
+def mix_batch(
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    generator: np.random.Generator,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its reverse; returns the
+    mixed inputs and soft targets (B, num_classes). When both alphas are set, each batch picks one at
+    random; CutMix cuts one box across every spatial axis (2D or 3D) and corrects lambda to its area."""
+    off = label_smoothing / num_classes
+    targets = F.one_hot(labels, num_classes).to(torch.float32) * (1.0 - label_smoothing) + off
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or generator.random() < 0.5)
+    if not use_cutmix and mixup_alpha <= 0:
+        return inputs, targets
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(generator.beta(alpha, alpha))
+    flipped = inputs.flip(0)
+    if use_cutmix:
+        spatial = inputs.shape[2:]
+        side = (1.0 - lam) ** (1.0 / len(spatial))
+        box = []
+        for n in spatial:
+            cut = round(n * side)
+            centre = int(generator.integers(0, n))
+            box.append(slice(max(0, centre - cut // 2), min(n, centre - cut // 2 + cut)))
+        mixed = inputs.clone()
+        region = (slice(None), slice(None), *box)
+        mixed[region] = flipped[region]
+        cut_volume = math.prod(s.stop - s.start for s in box)
+        lam = 1.0 - cut_volume / math.prod(spatial)
+    else:
+        mixed = inputs * lam + flipped * (1.0 - lam)
+    return mixed, targets * lam + targets.flip(0) * (1.0 - lam)

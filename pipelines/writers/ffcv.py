@@ -1,0 +1,115 @@
+"""Write one split as an FFCV .beton, converted from the split's webdataset shards (so both hold the same
+samples): fields `image` (RGBImageField) or `volume` (NDArrayField, fixed shape), `label`, `index`.
+
+The .beton is written under a temporary name and renamed; `{split}.json` beside it is written last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import DataError
+from pipelines.loaders.shards import ShardReader
+from pipelines.writers.encode import decode_npy
+from pipelines.writers.manifest import fingerprint, sha256_file, write_json
+
+
+class _ShardsAsArrays:
+    """Indexed dataset for FFCV's writer: position -> (HxWx3 uint8 image | volume array, label, index)."""
+
+    def __init__(self, split_dir: Path):
+        self.reader = ShardReader(split_dir)
+        self.kind = self.reader.manifest["kind"]
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, pos: int) -> tuple[np.ndarray, int, int]:
+        data = self.reader.payload(pos)
+        if self.kind == "image":
+            from PIL import Image
+
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # gray is stored as 3 equal channels
+        else:
+            img = decode_npy(data)
+        return img, self.reader.label(pos), self.reader.index(pos)
+
+
+def default_write_mode(native_size: list[int]) -> str:
+    """Raw pixels for small images (decoding costs more than reading them), JPEG above 64 px."""
+    return "raw" if max(native_size) <= 64 else "jpg"
+
+
+def write_ffcv_split(
+    split_dir: str | os.PathLike,
+    beton: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    *,
+    workers: int = 1,
+    quality: int = 90,
+    max_resolution: int | None = None,
+    write_mode: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Convert the prepared webdataset split in `split_dir` into `beton`; returns the FFCV manifest."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    split_dir, beton, manifest_path = Path(split_dir), Path(beton), Path(manifest_path)
+    dataset = _ShardsAsArrays(split_dir)
+    wds = dataset.reader.manifest
+    mode = write_mode or default_write_mode(wds["native_size"])
+    params = {"webdataset": wds["fingerprint"], "quality": quality, "max_resolution": max_resolution, "mode": mode}
+    fp = fingerprint(params)
+    if manifest_path.exists() and not overwrite:
+        old = json.loads(manifest_path.read_text())
+        if old.get("fingerprint") == fp and beton.is_file() and beton.stat().st_size == old.get("filesize"):
+            if progress:
+                progress(old["num_samples"])
+            return old
+    manifest_path.unlink(missing_ok=True)
+    if wds["kind"] == "image":
+        main = ("image", RGBImageField(write_mode=mode, max_resolution=max_resolution, jpeg_quality=quality))
+    else:
+        if not wds["fixed_shape"]:
+            raise DataError(f"{split_dir}: volumes of different shapes; FFCV needs one fixed shape per split")
+        shape = (wds["channels"], *wds["native_size"])
+        main = ("volume", NDArrayField(dtype=np.dtype(wds["dtype"]), shape=shape))
+    fields = dict([main, ("label", IntField()), ("index", IntField())])
+    beton.parent.mkdir(parents=True, exist_ok=True)
+    tmp = beton.with_name(f".{beton.name}.tmp{os.getpid()}")
+    try:
+        DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(dataset, chunksize=100)
+        os.replace(tmp, beton)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    keys = ("name", "split", "kind", "num_samples", "num_classes", "classes", "channels", "spatial_rank",
+            "native_size", "fixed_shape", "mean", "std", "dtype", "label_counts", "num_skipped")
+    manifest = {k: wds[k] for k in keys}
+    manifest.update(
+        {
+            "format": "ffcv",
+            "file": beton.name,
+            "filesize": beton.stat().st_size,
+            "sha256": sha256_file(beton),
+            "fields": list(fields),
+            "write_mode": mode,
+            "jpeg_quality": quality,
+            "max_resolution": max_resolution,
+            "params": params,
+            "fingerprint": fp,
+        }
+    )
+    write_json(manifest_path, manifest)
+    if progress:
+        progress(manifest["num_samples"])
+    return manifest

@@ -1,0 +1,303 @@
+"""Write one split of a source as webdataset tar shards, in parallel processes, resumably.
+
+Layout: `{out}/{name}-{split}-{index:06d}.tar` with members `{key}.cls`, `{key}.idx` (the sample's
+index in the source split) and `{key}.jpg` or `{key}.npy`; a DALI index file `{...}.idx` beside each
+tar; `manifest.json` last. A shard is written under a temporary name and renamed when complete; a
+hidden `.done` record beside it lets an interrupted run reuse finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import BadSampleError, DataError
+from pipelines.sources.base import Source
+from pipelines.writers.encode import encode_image, encode_volume
+from pipelines.writers.manifest import FORMAT_VERSION, MANIFEST, fingerprint, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+DALI_INDEX_VERSION = "v1.2"
+
+
+def shard_name(name: str, split: str, index: int) -> str:
+    return f"{name}-{split}-{index:06d}.tar"
+
+
+def dali_index_lines(tar_path: str | os.PathLike) -> list[str]:
+    """Lines of a DALI webdataset index (the format of DALI's `wds2idx`): per sample, `ext offset size name`."""
+    samples: list[list[tuple[str, int, int, str]]] = []
+    last = None
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base, _, ext = member.name.partition(".")
+            if base != last:
+                samples.append([])
+                last = base
+            samples[-1].append((ext, member.offset_data, member.size, member.name))
+    lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in parts) for parts in samples]
+    return lines
+
+
+def read_dali_index(path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
+    """Parse a DALI index file into, per sample, {ext: (offset, size)}."""
+    with open(path) as f:
+        header = f.readline().split()
+        if len(header) != 2 or not header[0].startswith("v1"):
+            raise DataError(f"{path}: not a DALI webdataset index (header {header})")
+        out = []
+        for line in f:
+            parts = line.split()
+            out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+    if len(out) != int(header[1]):
+        raise DataError(f"{path}: index says {header[1]} samples but lists {len(out)} (truncated?)")
+    return out
+
+
+_SOURCE: Source | None = None  # set in each worker process by _init_worker (inherited under fork)
+
+
+def _init_worker(source: Source) -> None:
+    global _SOURCE
+    _SOURCE = source
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Write shard `task["shard"]` covering source indices [start, stop); returns its record."""
+    import webdataset as wds
+
+    source = _SOURCE
+    assert source is not None
+    out = Path(task["out"])
+    url = task["url"]
+    final = out / url
+    tmp = out / f".{url}.tmp{os.getpid()}"
+    skipped: list[list[str]] = []
+    shapes: Counter = Counter()
+    labels: Counter = Counter()
+    count = 0
+    try:
+        with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
+            for i in range(task["start"], task["stop"]):
+                try:
+                    sample = source.get(task["split"], i)
+                    if source.kind == "image":
+                        payload, shape = encode_image(sample, source.channels, task["image_size"], task["quality"])
+                        ext = "jpg"
+                    else:
+                        payload, shape = encode_volume(sample, source.channels, task["dtype"])
+                        ext = "npy"
+                    if not 0 <= sample.label < source.num_classes:
+                        raise BadSampleError(
+                            sample.origin, f"label {sample.label} outside [0, {source.num_classes})"
+                        )
+                except BadSampleError as exc:
+                    if not task["skip_bad"]:
+                        raise
+                    skipped.append([exc.origin, exc.reason])
+                    continue
+                sink.write(
+                    {
+                        "__key__": f"{i:09d}",
+                        "cls": str(sample.label).encode(),
+                        "idx": str(i).encode(),
+                        ext: payload,
+                    }
+                )
+                shapes[shape] += 1
+                labels[sample.label] += 1
+                count += 1
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    index_path = final.with_suffix(".idx")
+    tmp_idx = out / f".{index_path.name}.tmp{os.getpid()}"
+    tmp_idx.write_text("\n".join(dali_index_lines(final)) + "\n")
+    os.replace(tmp_idx, index_path)
+    record = {
+        "url": url,
+        "nsamples": count,
+        "filesize": final.stat().st_size,
+        "sha256": sha256_file(final),
+        "dali_index": index_path.name,
+        "first_index": task["start"],
+        "skipped": skipped,
+        "shapes": [[list(k), v] for k, v in shapes.items()],
+        "labels": {str(k): v for k, v in labels.items()},
+        "fingerprint": task["fingerprint"],
+    }
+    write_json(out / f".{url}.done", record)
+    return record
+
+
+def _reusable(out: Path, url: str, fp: str) -> dict[str, Any] | None:
+    done = out / f".{url}.done"
+    try:
+        record = json.loads(done.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    tar = out / url
+    if record.get("fingerprint") != fp or not tar.is_file() or tar.stat().st_size != record["filesize"]:
+        return None
+    if not (out / record["dali_index"]).is_file():
+        return None
+    return record
+
+
+def write_webdataset_split(
+    source: Source,
+    split: str,
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    shard_size: int = 1000,
+    workers: int = 1,
+    image_size: int | None = None,
+    quality: int = 90,
+    dtype: str = "uint8",
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Convert `split` of `source` into shards under `out`; returns the manifest (also written last).
+
+    Resumes: shards recorded as finished with the same arguments are kept; a complete manifest with the
+    same arguments returns at once unless `overwrite`.
+    """
+    name = name or source.name
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = source.num_samples(split)
+    if n == 0:
+        raise DataError(f"{source.name}: split {split!r} has no samples")
+    params = {
+        "source": source.describe(),
+        "name": name,
+        "split": split,
+        "shard_size": shard_size,
+        "image_size": image_size,
+        "quality": quality,
+        "dtype": dtype,
+        "skip_bad": skip_bad,
+        "format": FORMAT_VERSION,
+    }
+    fp = fingerprint(params)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("fingerprint") == fp and not overwrite:
+            if progress:
+                progress(old.get("num_samples", 0))
+            return old
+        manifest_path.unlink()  # from here on the split is incomplete until the new manifest lands
+
+    num_shards = (n + shard_size - 1) // shard_size
+    urls = [shard_name(name, split, k) for k in range(num_shards)]
+    for stale in out.glob(f"{name}-{split}-*.tar"):  # shards of an earlier, larger run
+        if stale.name not in urls:
+            stale.unlink()
+            stale.with_suffix(".idx").unlink(missing_ok=True)
+            (out / f".{stale.name}.done").unlink(missing_ok=True)
+    for tmp in out.glob(f".{name}-{split}-*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+    records: dict[int, dict[str, Any]] = {}
+    tasks = []
+    for k, url in enumerate(urls):
+        rec = None if overwrite else _reusable(out, url, fp)
+        if rec is not None:
+            records[k] = rec
+            if progress:
+                progress(rec["nsamples"] + len(rec["skipped"]))
+            continue
+        start, stop = k * shard_size, min(n, (k + 1) * shard_size)
+        tasks.append(
+            {
+                "shard": k, "url": url, "out": str(out), "split": split, "start": start, "stop": stop,
+                "image_size": image_size, "quality": quality, "dtype": dtype, "skip_bad": skip_bad,
+                "fingerprint": fp,
+            }
+        )
+    if tasks:
+        log.info("%s/%s: writing %d of %d shards with %d workers", name, split, len(tasks), num_shards, workers)
+    started = time.time()
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(source)
+        for t in tasks:
+            records[t["shard"]] = rec = _write_shard(t)
+            if progress:
+                progress(rec["nsamples"] + len(rec["skipped"]))
+    else:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(source,)) as pool:
+            for t, rec in zip(tasks, pool.imap(_write_shard, tasks)):
+                records[t["shard"]] = rec
+                if progress:
+                    progress(rec["nsamples"] + len(rec["skipped"]))
+
+    shardlist = [records[k] for k in range(num_shards)]
+    skipped = [s for r in shardlist for s in r["skipped"]]
+    if skipped:
+        log.warning("%s/%s: skipped %d bad samples (first: %s: %s)", name, split, len(skipped), *skipped[0])
+    shapes: Counter = Counter()
+    labels: Counter = Counter()
+    for r in shardlist:
+        for shape, count in r["shapes"]:
+            shapes[tuple(shape)] += count
+        labels.update({int(k): v for k, v in r["labels"].items()})
+    total = sum(r["nsamples"] for r in shardlist)
+    if total == 0:
+        raise DataError(f"{source.name}/{split}: every sample was bad; nothing written")
+    native = list(shapes.most_common(1)[0][0])
+    manifest = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "format": FORMAT_VERSION,
+        "name": name,
+        "split": split,
+        "kind": source.kind,
+        "encoding": "jpg" if source.kind == "image" else "npy",
+        "dtype": "uint8" if source.kind == "image" else dtype,
+        "num_samples": total,
+        "num_classes": source.num_classes,
+        "classes": list(source.classes),
+        "channels": source.channels,
+        "spatial_rank": 2 if source.kind == "image" else 3,
+        "native_size": native,
+        "fixed_shape": len(shapes) == 1,
+        "mean": list(source.mean),
+        "std": list(source.std),
+        "label_counts": [labels.get(c, 0) for c in range(source.num_classes)],
+        "num_skipped": len(skipped),
+        "skipped": skipped[:1000],
+        "params": params,
+        "fingerprint": fp,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "shardlist": [
+            {k: r[k] for k in ("url", "nsamples", "filesize", "sha256", "dali_index", "first_index")}
+            for r in shardlist
+        ],
+    }
+    write_json(manifest_path, manifest)
+    for r in shardlist:
+        (out / f".{r['url']}.done").unlink(missing_ok=True)
+    return manifest
+

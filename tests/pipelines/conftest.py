@@ -1,0 +1,27 @@
+"""Fixtures for the pipelines tests: prepared embedded data sets, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipelines import prepare
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """digits (webdataset + FFCV when available), compass2d at 24 px and a small compass3d."""
+    root = tmp_path_factory.mktemp("prepared")
+    try:
+        import ffcv  # noqa: F401
+
+        formats = ["webdataset", "ffcv"]
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        formats = ["webdataset"]
+    prepare("digits", root, formats=formats, shard_size=500, progress=False)
+    prepare("compass2d", root, formats=formats, image_size=24, num_train=300, num_val=130, shard_size=100, progress=False)
+    prepare("compass3d", root, formats=formats, image_size=12, num_train=200, num_val=90, shard_size=64, progress=False)
+    return root

@@ -1,0 +1,15 @@
+"""Helpers shared by the pipelines tests (imported by name: tests/pipelines is on sys.path under pytest)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+
+def require(module: str):
+    """Import an optional library; skip without it locally, fail under CI=true (CI must run everything)."""
+    if os.environ.get("CI") == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} not installed (make test installs it)")

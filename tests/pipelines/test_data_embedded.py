@@ -1,0 +1,68 @@
+"""Embedded sources: real digits, and compass sets whose label is a function of relative position only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines import get_source, list_sources
+
+
+def test_registry_lists_every_source():
+    assert {"digits", "compass2d", "compass3d", "imagenet", "imagefolder", "cifar100", "medmnist3d", "nifti",
+            "dicom", "ucf101"} <= set(list_sources())
+    with pytest.raises(KeyError, match="unknown source"):
+        get_source("mnist")
+
+
+def test_digits_are_the_real_sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    src = get_source("digits", size=8)
+    ref = load_digits()
+    assert src.num_samples("train") + src.num_samples("val") == len(ref.target) == 1797
+    s = src.get("val", 1)  # val holds every 5th image: #5
+    assert s.label == ref.target[5]
+    np.testing.assert_allclose(s.data / 255.0 * 16.0, ref.images[5], atol=0.05)
+    assert src.channels == 1 and src.num_classes == 10
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask).mean(axis=0)
+
+
+@pytest.mark.parametrize("size", [24, 64])
+def test_compass2d_label_is_the_direction_between_marks(size):
+    src = get_source("compass2d", size=size, num_train=200, num_val=10)
+    anchors = []
+    for i in range(200):
+        s = src.get("train", i)
+        img = s.data.astype(int)
+        red = _centroid((img[..., 0] > 200) & (img[..., 1] < 100))
+        green = _centroid((img[..., 1] > 200) & (img[..., 0] < 100))
+        dy, dx = green - red
+        angle = np.degrees(np.arctan2(-dy, dx)) % 360  # rows grow downwards
+        assert round(angle / 45) % 8 == s.label, (i, angle, s.label)
+        anchors.append(red)
+    anchors = np.array(anchors)
+    # absolute positions spread over the canvas
+    assert anchors.min() < size * 0.25 and anchors.max() > size * 0.6
+
+
+def test_compass3d_label_is_dominant_axis_and_sign():
+    src = get_source("compass3d", size=16, num_train=120, num_val=10)
+    names = src.classes
+    for i in range(120):
+        s = src.get("train", i)
+        vol = s.data[0]
+        d = _centroid(vol == 128) - _centroid(vol == 255)  # (z, y, x)
+        axis = int(np.argmax(np.abs(d)))
+        name = ("+" if d[axis] > 0 else "-") + "zyx"[axis]
+        assert names[s.label] == name
+
+
+def test_generated_sets_are_deterministic_by_seed():
+    a, b, c = (get_source("compass2d", size=32, seed=s, num_train=5, num_val=5) for s in (0, 0, 1))
+    assert np.array_equal(a.get("val", 3).data, b.get("val", 3).data)
+    assert not np.array_equal(a.get("val", 3).data, c.get("val", 3).data)
+    assert not np.array_equal(a.get("val", 3).data, a.get("train", 3).data)
