@@ -1,0 +1,139 @@
+"""The DALI backend: NVIDIA DALI decodes and augments; the webdataset shards are read by position.
+
+The encoded samples (JPEG or npy bytes, sliced from the mmapped tars through the DALI index files)
+are fed to the pipeline with `external_source`, so the order, rank partition and resume match the
+other backends exactly. On a machine with a GPU the JPEGs are decoded with DALI's mixed (nvJPEG)
+decoder and every later op runs on the GPU; here everything runs on the CPU (`device_id=None`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.loaders.common import Loader
+from pipelines.loaders.shards import ShardReader
+from pipelines.writers.encode import decode_npy
+
+
+def _use_gpu(device: str | None) -> bool:
+    if device in (None, "auto"):
+        return torch.cuda.is_available()
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu', 'gpu' or None (auto), got {device!r}")
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("DALI device='gpu' asked for, but torch sees no CUDA device")
+    return device == "gpu"
+
+
+class DALILoader(Loader):
+    """Webdataset shards -> DALI pipeline -> batches (torch tensors on the pipeline's device)."""
+
+    backend = "dali"
+
+    def __init__(self, split_dir: str | os.PathLike, *, verify: bool = False, device: str | None = None,
+                 **kwargs: Any):
+        import nvidia.dali  # noqa: F401  (fail here, clearly, when DALI is not installed)
+
+        self.reader = ShardReader(split_dir, verify=verify)
+        super().__init__(self.reader.manifest, **kwargs)
+        self.gpu = _use_gpu(device)
+        self._pipe = None
+        self._labels = self.reader.labels()
+        self._indices = self.reader.indices()
+
+    # ---- pipeline ------------------------------------------------------------------------------
+    def _build(self):
+        from nvidia.dali import fn, types
+        from nvidia.dali.pipeline import Pipeline
+
+        kind = self.info["kind"]
+        pipe = Pipeline(
+            batch_size=self.batch_size,
+            num_threads=max(1, self.num_workers),
+            device_id=torch.cuda.current_device() if self.gpu else None,
+            seed=(self.seed * 1000003 + self.rank) % (2**31),
+            prefetch_queue_depth=1,
+            exec_async=False,
+            exec_pipelined=False,
+        )
+        with pipe:
+            if kind == "image":
+                enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+                out_type = types.GRAY if self.channels == 1 else types.RGB
+                dec = "mixed" if self.gpu else "cpu"
+                h, w = self.image_size
+                if self.train:
+                    img = fn.decoders.image_random_crop(
+                        enc, device=dec, output_type=out_type, random_area=list(self.scale),
+                        random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
+                    )
+                    img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
+                    mirror = fn.random.coin_flip(probability=0.5)
+                else:
+                    img = fn.decoders.image(enc, device=dec, output_type=out_type)
+                    shorter = max(1, round(max(h, w) / self.crop_ratio))
+                    img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+                    mirror = 0
+                out = fn.crop_mirror_normalize(
+                    img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
+                    mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
+                )
+            else:
+                vol = fn.external_source(name="data", dtype=types.UINT8, ndim=4, layout="CDHW")
+                if self.gpu:
+                    vol = vol.gpu()
+                d, h, w = self.image_size
+                if self.train:
+                    out = fn.crop(
+                        vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad",
+                        crop_pos_z=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+                        crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                    )
+                    out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
+                else:
+                    r = self.crop_ratio
+                    dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
+                    dhwc = fn.resize(dhwc, size=[round(d / r), round(h / r), round(w / r)],
+                                     interp_type=types.INTERP_LINEAR, antialias=False)
+                    out = fn.transpose(dhwc, perm=[3, 0, 1, 2], output_layout="CDHW")
+                    out = fn.crop(out, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad")
+            pipe.set_outputs(out)
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, tl) -> torch.Tensor:
+        if self.gpu:
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            t = tl.as_tensor()
+            dtype = torch.float32 if self.info["kind"] == "image" else torch.uint8
+            out = torch.empty(t.shape(), dtype=dtype, device="cuda")
+            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
+            return out
+        return torch.from_numpy(np.array(tl.as_tensor()))
+
+    def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
+        if not batches:
+            return
+        if self._pipe is None:
+            self._pipe = self._build()
+        image = self.info["kind"] == "image"
+        for b in batches:
+            if image:
+                data = [np.frombuffer(self.reader.payload(int(p)), dtype=np.uint8) for p in b]
+            else:
+                data = [decode_npy(self.reader.payload(int(p))) for p in b]
+            self._pipe.feed_input("data", data)
+            (out,) = self._pipe.run()
+            x = self._to_torch(out)
+            yield {
+                "input": x,
+                "label": torch.from_numpy(self._labels[b]),
+                "index": torch.from_numpy(self._indices[b]),
+                "normalized": image,
+            }

@@ -1,0 +1,110 @@
+"""The FFCV backend: one .beton per split, decoded and augmented by FFCV's compiled pipelines.
+
+The sample order is ours (loaders/common.py): each epoch the FFCV loader is pointed at this rank's
+positions with sequential traversal, so order, rank partition and resume match the other backends.
+2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization. 3D: FFCV reads the
+arrays; transforms.py crops and flips them with the same per-sample seeds as the webdataset backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines import transforms as T
+from pipelines.errors import DataError
+from pipelines.loaders.common import Loader
+from pipelines.writers.manifest import read_manifest
+
+
+class FFCVLoader(Loader):
+    """FFCV .beton -> batches."""
+
+    backend = "ffcv"
+
+    def __init__(self, beton: str | os.PathLike, manifest: str | os.PathLike, *, verify: bool = False,
+                 batches_ahead: int = 3, **kwargs: Any):
+        import ffcv  # noqa: F401  (fail here, clearly, when FFCV is not installed)
+
+        self.beton = Path(beton)
+        info = read_manifest(manifest)
+        if not self.beton.is_file():
+            raise DataError(f"{self.beton}: missing, though {manifest} lists it")
+        if self.beton.stat().st_size != info["filesize"]:
+            raise DataError(f"{self.beton}: {self.beton.stat().st_size} bytes, the manifest says {info['filesize']}")
+        if verify:
+            from pipelines.writers.manifest import sha256_file
+
+            if sha256_file(self.beton) != info["sha256"]:
+                raise DataError(f"{self.beton}: sha256 differs from {manifest}")
+        super().__init__(info, **kwargs)
+        self.batches_ahead = batches_ahead
+        self._loader = None
+
+    def _pipelines(self) -> dict[str, list]:
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.ndarray import NDArrayDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+        label = [IntDecoder(), ToTensor(), Squeeze(-1)]
+        pipes: dict[str, list] = {"label": label, "index": [IntDecoder(), ToTensor(), Squeeze(-1)]}
+        if self.info["kind"] == "image":
+            size = self.image_size
+            if self.train:
+                ops = [RandomResizedCropRGBImageDecoder(size, scale=self.scale), RandomHorizontalFlip()]
+            else:
+                ops = [CenterCropRGBImageDecoder(size, ratio=self.crop_ratio)]
+            mean = np.resize(np.asarray(self.info["mean"]), 3) * 255.0  # gray data: the 3 stored channels are equal
+            std = np.resize(np.asarray(self.info["std"]), 3) * 255.0
+            pipes["image"] = [*ops, NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage(channels_last=False)]
+        else:
+            pipes["volume"] = [NDArrayDecoder(), ToTensor()]
+        return pipes
+
+    def _ffcv_loader(self, order: np.ndarray):
+        from ffcv.loader import Loader as FLoader
+        from ffcv.loader import OrderOption
+
+        if self._loader is None:
+            self._loader = FLoader(
+                str(self.beton),
+                batch_size=self.batch_size,
+                num_workers=max(1, self.num_workers),
+                order=OrderOption.SEQUENTIAL,
+                indices=order,
+                pipelines=self._pipelines(),
+                drop_last=False,
+                batches_ahead=self.batches_ahead,
+            )
+        loader = self._loader
+        # sequential traversal returns loader.indices; point it at this epoch's positions
+        loader.indices = loader.traversal_order.indices = order
+        loader.first_traversal_order = order
+        return loader
+
+    def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
+        if not batches:
+            return
+        order = np.concatenate(batches).astype(np.uint64)
+        loader = self._ffcv_loader(order)
+        epoch = self.epoch
+        image = self.info["kind"] == "image"
+        for b, out in zip(batches, loader):
+            x, label, index = out
+            if image:
+                x = x[:, :1] if self.channels == 1 else x
+                x = x.clone()  # FFCV reuses its batch buffers
+                yield {"input": x, "label": label.clone(), "index": index.clone(), "normalized": True}
+            else:
+                vols = [
+                    T.volume_transform(v, self.image_size, self.train, np.random.default_rng([self.seed, epoch, int(p)]),
+                                       self.crop_ratio)
+                    for v, p in zip(x, b)
+                ]
+                yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}
