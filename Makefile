@@ -40,8 +40,22 @@ endif
 
 venv: $(VENV)/.torch
 
-$(VENV)/.test: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test]"
+# Debian packages FFCV compiles against (its extension links OpenCV and libjpeg-turbo); once per
+# machine, skipped with a message where we are not root or there is no apt-get.
+FFCV_DEBS := pkg-config libopencv-dev libturbojpeg0-dev
+$(VENV)/.system: | $(BIN)/python
+	@if dpkg -s $(FFCV_DEBS) >/dev/null 2>&1; then \
+		touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(FFCV_DEBS) && touch $@; \
+	else \
+		echo "not root or no apt-get: install $(FFCV_DEBS) yourself, or the ffcv extra will not build"; \
+	fi
+
+# The data extras: webdataset/wids, FFCV (built from source against the Debian packages above) and
+# DALI (nvidia-dali-cuda130: its CPU pipelines run without a driver).
+$(VENV)/.test: $(VENV)/.torch pyproject.toml | $(VENV)/.system
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test,data,ffcv,dali]"
 	touch $@
 
 install: $(VENV)/.test
