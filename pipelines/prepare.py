@@ -37,7 +37,7 @@ def make_source(source: str | Source, src: str | os.PathLike | None, image_size:
     if isinstance(source, Source):
         return source, image_size
     cls = source_class(source)
-    params = inspect.signature(cls.__init__).parameters
+    params = _init_params(cls)
     if cls.needs_src:
         if src is None:
             raise DataError(f"source {source!r} reads files: pass --src PATH (the folder that holds the data set)")
@@ -47,10 +47,26 @@ def make_source(source: str | Source, src: str | os.PathLike | None, image_size:
     if image_size is not None and "size" in params and "size" not in kwargs:
         kwargs["size"] = image_size
         image_size = None
+    if image_size is not None and "shape" in params and "shape" not in kwargs:  # volume folders: a cube
+        kwargs["shape"] = (image_size,) * 3
+        image_size = None
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         raise TypeError(f"source {source!r} takes no argument(s) {unknown}; it takes {list(params)[1:]}")
     return get_source(source, **kwargs), image_size
+
+
+def _init_params(cls: type) -> list[str]:
+    """Keyword arguments a source's constructor accepts, following **kwargs into its base classes."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
 
 
 def prepare(
