@@ -14,3 +14,6 @@ class BadSampleError(DataError):
         super().__init__(f"{origin}: {reason}")
         self.origin = origin
         self.reason = reason
+
+    def __reduce__(self):  # rebuilt from (origin, reason) when it crosses a process boundary
+        return (type(self), (self.origin, self.reason))
