@@ -5,7 +5,14 @@ model = liere.create_model("vit_small_patch16", encoding="liere8", num_classes=1
 """
 
 from liere import encodings, models
-from liere.models import VisionTransformer, count_flops, create_model, list_models, register_model
+from liere.models import (
+    VisionTransformer,
+    count_flops,
+    create_model,
+    list_models,
+    load_model,
+    register_model,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "create_model",
     "encodings",
     "list_models",
+    "load_model",
     "models",
     "register_model",
 ]

@@ -2,7 +2,16 @@
 
 from liere.models import presets as _presets  # noqa: F401  (registers the presets)
 from liere.models.flops import count_flops
+from liere.models.io import load_model, save_pretrained
 from liere.models.registry import create_model, list_models, register_model
 from liere.models.vit import VisionTransformer
 
-__all__ = ["VisionTransformer", "count_flops", "create_model", "list_models", "register_model"]
+__all__ = [
+    "VisionTransformer",
+    "count_flops",
+    "create_model",
+    "list_models",
+    "load_model",
+    "register_model",
+    "save_pretrained",
+]

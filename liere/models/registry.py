@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -21,9 +22,15 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, checkpoint_path: str | Path | None = None, **kwargs) -> nn.Module:
     """Build a registered model; ``kwargs`` override the preset (``encoding``, ``img_size``,
-    ``patch_size``, ``in_chans``, ``num_classes``, ``drop_path_rate``, ``encoding_options``...)."""
+    ``patch_size``, ``in_chans``, ``num_classes``, ``drop_path_rate``, ``encoding_options``...).
+    ``checkpoint_path`` loads weights (exported ``.safetensors`` or a torch state dict)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    if checkpoint_path is not None:
+        from liere.models.io import load_weights
+
+        load_weights(model, checkpoint_path)
+    return model

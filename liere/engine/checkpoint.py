@@ -1,0 +1,110 @@
+"""Checkpoints through DeepSpeed: every rank saves its shard; the ``latest`` pointer moves last.
+
+Layout: ``<out_dir>/checkpoints/step_000123/`` (DeepSpeed's files, plus ``rng_rank{r}.pt`` and
+``COMPLETE``) and ``<out_dir>/checkpoints/latest`` holding the newest complete tag. A save
+interrupted by a crash or a full disk leaves the previous pointer in place, so a restart resumes
+from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from liere.engine import distributed
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    def __init__(self, out_dir: Path, rank: int, keep: int) -> None:
+        self.dir = Path(out_dir) / "checkpoints"
+        self.rank, self.keep = rank, max(1, keep)
+
+    def latest(self) -> str | None:
+        """Tag of the newest complete checkpoint, or None."""
+        pointer = self.dir / "latest"
+        if not pointer.is_file():
+            return None
+        tag = pointer.read_text().strip()
+        if not (self.dir / tag / "COMPLETE").is_file():
+            raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint in {self.dir}")
+        return tag
+
+    def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
+        """Every rank saves its part; after a barrier rank 0 marks it complete and moves ``latest``."""
+        tag = f"step_{step:09d}"
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
+        except OSError as err:
+            raise RuntimeError(
+                f"checkpoint {self.dir / tag} could not be written ({err}); the previous checkpoint "
+                f"({self.latest() or 'none'}) is intact and remains the one a restart resumes from"
+            ) from err
+        distributed.barrier()
+        if self.rank == 0:
+            _atomic_write(self.dir / tag / "COMPLETE", json.dumps({"step": step}))
+            _atomic_write(self.dir / "latest", tag)
+            self._prune(tag)
+        distributed.barrier()
+        return tag
+
+    def _prune(self, newest: str) -> None:
+        tags = sorted(p.name for p in self.dir.glob("step_*") if (p / "COMPLETE").is_file())
+        for old in tags[: -self.keep]:
+            if old != newest:
+                shutil.rmtree(self.dir / old, ignore_errors=True)
+
+    def load(self, engine, tag: str) -> dict[str, Any]:
+        """Restore model, optimizer, schedule and this rank's RNG; returns the client state."""
+        _, client_state = engine.load_checkpoint(
+            str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if client_state is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.dir / tag}")
+        rng_file = self.dir / tag / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return client_state
+
+
+def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of a DeepSpeed checkpoint, whatever its ZeRO stage (run on one process)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    except (FileNotFoundError, ValueError, KeyError):  # stage 0: the module's own weights
+        files = sorted((checkpoint_dir / tag).glob("mp_rank_*_model_states.pt"))
+        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float().contiguous() for k, v in state.items()}

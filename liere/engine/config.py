@@ -1,0 +1,196 @@
+"""The one typed schema for a training run: every knob, its default and what it does.
+
+A run's config is this schema, merged with a YAML file, merged with dotted ``key=value``
+overrides (OmegaConf). A wrong key, type or value fails before any work starts, naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "constant")
+BACKENDS = ("webdataset", "ffcv", "dali")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file, key and value."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_micro_patch4"  # a registered preset (liere.list_models())
+    encoding: str = "liere8"  # a name accepted by liere.encodings.build
+    encoding_options: dict[str, Any] = field(default_factory=dict)  # e.g. {block_size: 4, init: small}
+    img_size: list[int] = field(default_factory=lambda: [32, 32])  # training input size: 2 or 3 axes
+    patch_size: list[int] | None = None  # default: the preset's patch on every axis
+    in_chans: int | None = None  # default: the data set's channels
+    num_classes: int | None = None  # default: the data set's classes
+    global_pool: str = "token"  # token (class token) or avg
+    drop_path_rate: float = 0.0  # stochastic depth at the last block (linear from 0)
+    grad_checkpointing: bool = False  # recompute blocks in backward to save memory
+
+
+@dataclass
+class DataConfig:
+    dataset: str = (
+        "digits"  # a prepared data set under root, or an embedded one (digits, compass2d, compass3d)
+    )
+    root: str = "data"  # where the shards live (embedded sets are prepared here on first use)
+    backend: str = "webdataset"  # webdataset, ffcv or dali
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 64  # per rank and micro step
+    eval_batch_size: int | None = None  # default: batch_size
+    workers: int = 2  # loader worker processes per rank
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (per the whole global batch; no automatic scaling)
+    min_lr: float = 1e-5  # floor of the cosine schedule
+    weight_decay: float = 0.05  # AdamW decoupled decay; never on norms, biases, tokens, encodings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    encoding_lr_scale: float = 1.0  # learning-rate multiplier of the position-encoding parameters
+    schedule: str = "cosine"  # cosine (after warmup) or constant
+    warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (fractions allowed)
+    grad_clip: float = 1.0  # global gradient-norm clip (0: off)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (default: epochs)
+    grad_accum: int = 1  # micro steps per optimizer step
+    precision: str = "bf16"  # bf16, fp16 or fp32
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
+    seed: int = 0
+    out_dir: str = "runs/${tracking.experiment}/${tracking.run_name}"  # checkpoints, exports, reports
+    log_every: int = 10  # optimizer steps between metric logs
+    eval_every: int = 1  # epochs between validations (0: only at the end)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at epoch ends only)
+    keep_checkpoints: int = 2  # complete checkpoints kept on disk
+    dist_timeout_s: int = 600  # collective timeout: a dead rank ends the job after this long
+
+
+@dataclass
+class EvalConfig:
+    sizes: list[Any] = field(default_factory=list)  # resolution sweep: ints or lists (default: train size)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "default"  # default: the config file's name
+    run_name: str = "run"
+    system_metrics: bool = True  # CPU, memory, GPU utilisation in MLflow
+    enabled: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    config_path: str = MISSING  # set by load_config
+
+
+def _check_values(cfg: DictConfig) -> None:
+    def need(ok: bool, key: str, value: Any, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: {what}")
+
+    t, o, d, m = cfg.train, cfg.optim, cfg.data, cfg.model
+    need(t.precision in PRECISIONS, "train.precision", t.precision, f"expected one of {PRECISIONS}")
+    need(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", t.zero_stage, "expected 0, 1, 2 or 3")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
+    need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
+    need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
+    need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")
+    need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    need(
+        len(m.img_size) in (2, 3),
+        "model.img_size",
+        list(m.img_size),
+        "expected 2 (image) or 3 (volume) sizes",
+    )
+    need(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "expected token or avg")
+    import liere
+
+    need(
+        m.name in liere.list_models(),
+        "model.name",
+        m.name,
+        f"unknown model; registered: {liere.list_models()}",
+    )
+    encodings = liere.encodings.list_encodings()
+    need(
+        m.encoding in encodings,
+        "model.encoding",
+        m.encoding,
+        f"unknown encoding; expected one of {encodings}",
+    )
+    for size in cfg.eval.sizes:
+        ok = isinstance(size, int) or (len(size) == len(m.img_size) and all(isinstance(s, int) for s in size))
+        need(ok, "eval.sizes", size, f"each size is an int or a list of {len(m.img_size)} ints")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Schema <- YAML file <- dotted overrides; validated and resolved. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    schema = OmegaConf.structured(Config)
+    try:
+        schema.tracking.experiment = path.stem
+        file_cfg = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax
+        raise ConfigError(f"{path}: cannot parse: {err}") from None
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value (e.g. train.epochs=5)")
+    try:
+        cfg = OmegaConf.merge(schema, file_cfg)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg.config_path = str(path.resolve())
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{path}: {f'key {key!r}: ' if key else ''}{msg}") from None
+    try:
+        _check_values(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return cfg
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """Dotted key -> value string, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
