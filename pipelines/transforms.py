@@ -65,8 +65,8 @@ def as_size(image_size: int | tuple[int, ...] | list[int], rank: int) -> tuple[i
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 or float pixels in [0, 255] -> float32 (x / 255 - mean) / std, per channel (dim 1)."""
     shape = (1, -1) + (1,) * (batch.ndim - 2)
-    x = batch.to(torch.float32)
-    return (x - (mean * 255.0).view(shape)) / (std * 255.0).view(shape)
+    x = batch.to(torch.float32, copy=True)  # always a new tensor: loaders may hand in reused buffers
+    return x.sub_((mean * 255.0).view(shape)).mul_((1.0 / (std * 255.0)).view(shape))
 
 
 def crop_volume(

@@ -178,7 +178,7 @@ class Loader:
     def _finish(self, raw: dict[str, Any], epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
         x = raw["input"]
         if not raw.get("normalized", False):
-            x = T.normalize(x, self.mean, self.std)
+            x = T.normalize(x, self.mean.to(x.device), self.std.to(x.device))
         batch = {"input": x, "label": raw["label"].to(torch.int64), "index": raw["index"].to(torch.int64)}
         if self.train and (self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0):
             rng = np.random.default_rng([self.seed, epoch, batch_index, self.rank, 7])

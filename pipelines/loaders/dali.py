@@ -107,15 +107,14 @@ class DALILoader(Loader):
         return pipe
 
     def _to_torch(self, tl) -> torch.Tensor:
-        if self.gpu:
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+        """Copy a DALI output (its buffers are reused by the next run) into a new torch tensor, once."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            t = tl.as_tensor()
-            dtype = torch.float32 if self.info["kind"] == "image" else torch.uint8
-            out = torch.empty(t.shape(), dtype=dtype, device="cuda")
-            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
-            return out
-        return torch.from_numpy(np.array(tl.as_tensor()))
+        t = tl.as_tensor()
+        dtype = torch.float32 if self.info["kind"] == "image" else torch.uint8
+        out = torch.empty(t.shape(), dtype=dtype, device="cuda" if self.gpu else "cpu")
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream() if self.gpu else None)
+        return out
 
     def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
         if not batches:

@@ -55,8 +55,8 @@ def load_image(
     if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(img)
-    t = torch.from_numpy(arr.copy())
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))  # contiguous CHW: stacking strided views is ~10x slower
 
 
 def load_volume(
@@ -95,11 +95,9 @@ class _Dataset(torch.utils.data.Dataset):
 
 
 def _collate(items: list[tuple[torch.Tensor, int, int]]) -> dict[str, Any]:
-    return {
-        "input": torch.stack([x for x, _, _ in items]),
-        "label": torch.tensor([y for _, y, _ in items], dtype=torch.int64),
-        "index": torch.tensor([i for _, _, i in items], dtype=torch.int64),
-    }
+    # default_collate stacks straight into shared memory inside a worker: no copy on the way to the main process
+    x, y, i = torch.utils.data.default_collate(items)
+    return {"input": x, "label": y.to(torch.int64), "index": i.to(torch.int64)}
 
 
 class WebDatasetLoader(Loader):
