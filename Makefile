@@ -13,16 +13,24 @@ TORCH_VERSION := 2.13.0
 TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
+GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
+# the demo's ranks: 2 (on a GPU machine, at most one per GPU)
+NPROC ?= $(if $(HAS_GPU),$(shell echo $$(( $(GPUS) < 2 ? $(GPUS) : 2 ))),2)
+UI_PORT ?= 5000
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_TRACKING_URI
 export DS_ACCELERATOR ?= $(if $(HAS_GPU),cuda,cpu)
 export DS_BUILD_OPS ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv install test test-fast lint format clean
+.PHONY: help venv install test test-fast lint format clean demo ui
 
 help:
 	@echo "make test       set up everything the tests need, then run the whole suite"
 	@echo "make test-fast  the unit tests only (no services, no training)"
+	@echo "make demo       set up training, then train a LieRE ViT on embedded digits (2 DeepSpeed ranks)"
+	@echo "make ui         the MLflow UI for this checkout's runs on http://127.0.0.1:$(UI_PORT)"
 	@echo "make lint       ruff check"
 
 $(BIN)/python:
@@ -55,8 +63,22 @@ $(VENV)/.system: | $(BIN)/python
 # The data extras: webdataset/wids, FFCV (built from source against the Debian packages above) and
 # DALI (nvidia-dali-cuda130: its CPU pipelines run without a driver).
 $(VENV)/.test: $(VENV)/.torch pyproject.toml | $(VENV)/.system
-	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test,data,ffcv,dali]"
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test,train,data,ffcv,dali]"
 	touch $@
+
+# What the demo needs: training (DeepSpeed, MLflow) and the webdataset pipeline.
+$(VENV)/.demo: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[train,data]"
+	touch $@
+
+demo: $(VENV)/.demo
+	OMP_NUM_THREADS=$(if $(HAS_GPU),4,1) $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) \
+		launch/train.py configs/demo.yaml tracking.run_name=demo-$$(date +%Y%m%d-%H%M%S)
+	@echo "browse the run: make ui  (MLflow at $(MLFLOW_TRACKING_URI))"
+
+ui: $(VENV)/.demo
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT) for $(MLFLOW_TRACKING_URI) (Ctrl-C stops it)"
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 install: $(VENV)/.test
 

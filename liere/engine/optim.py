@@ -12,22 +12,25 @@ def param_groups(model: nn.Module, weight_decay: float, encoding_lr_scale: float
     """Three groups: decayed weights; undecayed norms, biases and tokens; the position encoding
     (undecayed, with its own learning-rate multiplier ``lr_scale``)."""
     no_decay_names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay, encoding = [], [], []
+    groups = {
+        "decay": {"weight_decay": weight_decay, "lr_scale": 1.0},
+        "no_decay": {"weight_decay": 0.0, "lr_scale": 1.0},
+        "encoding": {"weight_decay": 0.0, "lr_scale": encoding_lr_scale},
+    }
+    for group in groups.values():
+        group.update(params=[], liere_param_names=[])  # names: stage-0 checkpoints keep fp32 weights by group
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.startswith("encoding."):
-            encoding.append(p)
+            kind = "encoding"
         elif p.ndim <= 1 or name in no_decay_names:
-            no_decay.append(p)
+            kind = "no_decay"
         else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"},
-        {"params": encoding, "weight_decay": 0.0, "lr_scale": encoding_lr_scale, "name": "encoding"},
-    ]
-    return [g for g in groups if g["params"]]
+            kind = "decay"
+        groups[kind]["params"].append(p)
+        groups[kind]["liere_param_names"].append(name)
+    return [{"name": kind, **g} for kind, g in groups.items() if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:

@@ -1,0 +1,51 @@
+"""Configs: schema + YAML + dotted overrides; bad ones fail fast and name the key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from liere.engine.config import ConfigError, flatten, load_config
+
+from ._train import DEMO, REPO, TRAIN
+
+
+def test_demo_config_resolves_with_overrides():
+    cfg = load_config(DEMO, ["train.zero_stage=3", "model.encoding=rope_mixed", "eval.sizes=[16,[24,32]]"])
+    assert cfg.train.zero_stage == 3 and cfg.model.encoding == "rope_mixed"
+    assert cfg.tracking.experiment == "demo" and cfg.train.out_dir == "runs/demo/run"
+    flat = flatten(cfg)
+    assert flat["model.img_size"] == "[16, 16]" and flat["optim.lr"] == "0.001"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("train.epochs=many", "train.epochs"),
+        ("train.precision=fp8", "train.precision='fp8'"),
+        ("train.zero_stage=4", "train.zero_stage=4"),
+        ("model.encoding=lire", "model.encoding='lire'"),
+        ("model.name=vit_giant_patch16", "model.name='vit_giant_patch16'"),
+        ("data.backend=tfrecord", "data.backend='tfrecord'"),
+        ("eval.sizes=[[16,16,16]]", "eval.sizes"),
+        ("epochs", "key=value"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(DEMO, [override])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_the_entry_point_fails_fast_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, str(TRAIN), str(DEMO), "optim.lrr=0.1"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "optim.lrr" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing was started"
+    assert REPO.joinpath("configs", "demo.yaml").is_file()
