@@ -55,7 +55,9 @@ def measure(backend: str, root: Path, name: str, size: int, batch: int, batches:
     n = 0
     for _ in range(batches - 2):
         n += len(next(it)["label"])
-    return n / (time.perf_counter() - start)
+    rate = n / (time.perf_counter() - start)
+    it.close()  # leave the epoch early: stops the backend's workers and threads
+    return rate
 
 
 def measure_isolated(*args, repeats: int = 3) -> list[float]:
@@ -65,9 +67,22 @@ def measure_isolated(*args, repeats: int = 3) -> list[float]:
     ctx = mp.get_context("spawn")
     rates = []
     for _ in range(repeats):
-        with ctx.Pool(1) as pool:
-            rates.append(pool.apply(measure, args))
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_measure_into, args=(queue, *args))  # not a Pool: loaders start workers
+        proc.start()
+        rate = queue.get(timeout=900)
+        proc.join()
+        if isinstance(rate, str):
+            raise RuntimeError(rate)
+        rates.append(rate)
     return rates
+
+
+def _measure_into(queue, *args) -> None:
+    try:
+        queue.put(measure(*args))
+    except Exception as exc:  # report instead of hanging the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
 
 
 def vit_step_rate(batch: int, steps: int) -> float | None:

@@ -95,16 +95,20 @@ class FFCVLoader(Loader):
         loader = self._ffcv_loader(order)
         epoch = self.epoch
         image = self.info["kind"] == "image"
-        for b, out in zip(batches, loader):
-            x, label, index = out
-            # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
-            if image:
-                x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
-                yield {"input": x, "label": label.clone(), "index": index.clone()}
-            else:
-                vols = [
-                    T.volume_transform(v, self.image_size, self.train, np.random.default_rng([self.seed, epoch, int(p)]),
-                                       self.crop_ratio)
-                    for v, p in zip(x, b)
-                ]
-                yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}
+        it = iter(loader)
+        try:
+            for b, out in zip(batches, it):
+                x, label, index = out
+                # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
+                if image:
+                    x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
+                    yield {"input": x, "label": label.clone(), "index": index.clone()}
+                else:
+                    vols = [
+                        T.volume_transform(v, self.image_size, self.train,
+                                           np.random.default_rng([self.seed, epoch, int(p)]), self.crop_ratio)
+                        for v, p in zip(x, b)
+                    ]
+                    yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}
+        finally:
+            it.close()  # stop FFCV's reader thread when an epoch is left early (resume, benchmarks)
