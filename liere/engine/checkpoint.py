@@ -100,18 +100,20 @@ class Checkpointer:
 
 def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     """fp32 weights of a DeepSpeed checkpoint, whatever its ZeRO stage and precision (one process)."""
-    files = sorted((Path(checkpoint_dir) / tag).glob("mp_rank_*_model_states.pt"))
+    files = sorted((Path(checkpoint_dir) / tag).glob("*mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{Path(checkpoint_dir) / tag}: no DeepSpeed model states")
     states = torch.load(files[0], map_location="cpu", weights_only=False)
     if states.get("param_shapes") is not None:  # ZeRO 1-3: fp32 partitions in the optimizer shards
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: PLC0415
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     else:  # stage 0: the module itself, with bf16/fp16 master weights kept by the optimizer wrapper
         state = dict(states["module"])
         optimizer = states.get("optimizer") or {}
         if "fp32_groups" in optimizer:
-            for group, weights in zip(optimizer["optimizer_state_dict"]["param_groups"], optimizer["fp32_groups"]):
+            for group, weights in zip(
+                optimizer["optimizer_state_dict"]["param_groups"], optimizer["fp32_groups"]
+            ):
                 state.update(zip(group["liere_param_names"], weights, strict=True))
     return {k: v.float().contiguous() for k, v in state.items()}

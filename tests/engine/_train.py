@@ -16,6 +16,7 @@ FAST = [
     "data.batch_size=16",
     "data.workers=1",
     "train.max_steps=30",
+    "optim.warmup_epochs=0.1",
     "train.log_every=5",
     "train.eval_every=0",
     "tracking.system_metrics=false",
@@ -24,8 +25,14 @@ FAST = [
 
 
 def train_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"
+    )
     env.update(extra)
     return env
 
@@ -37,12 +44,25 @@ def command(overrides: list[str], nproc: int) -> list[str]:
     return [*torchrun, str(TRAIN), str(DEMO), *overrides]
 
 
-def run_train(tmp_path: Path, digits_root: Path, overrides: list[str], nproc: int = 2, timeout: int = 300,
-              env: dict[str, str] | None = None, out: str = "run") -> tuple[subprocess.CompletedProcess, Path]:
+def run_train(
+    tmp_path: Path,
+    digits_root: Path,
+    overrides: list[str],
+    nproc: int = 2,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+    out: str = "run",
+) -> tuple[subprocess.CompletedProcess, Path]:
     out_dir = tmp_path / out
     args = [f"data.root={digits_root}", f"train.out_dir={out_dir}", *FAST, *overrides]
-    proc = subprocess.run(command(args, nproc), cwd=tmp_path, env=env or train_env(tmp_path), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        command(args, nproc),
+        cwd=tmp_path,
+        env=env or train_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, out_dir
 
 

@@ -43,8 +43,13 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_the_entry_point_fails_fast_before_any_work(tmp_path):
-    out = subprocess.run([sys.executable, str(TRAIN), str(DEMO), "optim.lrr=0.1"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(TRAIN), str(DEMO), "optim.lrr=0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "optim.lrr" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing was started"

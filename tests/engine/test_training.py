@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 
@@ -51,14 +50,29 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
     assert params["model.encoding"] == "liere8" and params["data.dataset"] == "digits"
     assert float(params["model.gflops_per_sample"]) > 0 and int(params["model.parameters"]) > 1e6
     metrics = run.data.metrics
-    for key in ("train/loss", "train/lr", "train/grad_norm", "train/images_per_s", "train/data_wait_fraction",
-                "val/top1", "val/top5", "val/top1 16x16", "val/top1 32x32"):
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/images_per_s",
+        "train/data_wait_fraction",
+        "val/top1",
+        "val/top5",
+        "val/top1 16x16",
+        "val/top1 32x32",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["train/data_wait_fraction"] <= 1.0
     for tag in ("git_commit", "host", "world_size", "slurm_job_id"):
         assert tag in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "eval_resolution.md", "eval_resolution.png", "model.safetensors", "summary.json"} <= artifacts
+    assert {
+        "config.yaml",
+        "eval_resolution.md",
+        "eval_resolution.png",
+        "model.safetensors",
+        "summary.json",
+    } <= artifacts
     table = (out / "eval_resolution.md").read_text()
     assert "| 16x16 |" in table and "| 32x32 |" in table
 
@@ -70,16 +84,27 @@ def test_exported_weights_load_without_deepspeed_and_give_the_same_results(tmp_p
     weights = out / "model.safetensors"
     model = liere.load_model(weights).eval()
     assert model.encoding.block_size == 8
-    again = liere.create_model("vit_micro_patch4", checkpoint_path=weights, **liere.models.io.read_spec(weights)["kwargs"])
+    again = liere.create_model(
+        "vit_micro_patch4", checkpoint_path=weights, **liere.models.io.read_spec(weights)["kwargs"]
+    )
     state = load_file(str(weights))
     assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
     # the same validation numbers as the engine reported, from the exported file alone
+    from liere.engine.evaluate import evaluate
     from pipelines import build_loader
 
-    from liere.engine.evaluate import evaluate
-
-    loader = build_loader("webdataset", root=str(digits_root), dataset="digits", split="val", batch_size=64,
-                          train=False, image_size=16, rank=0, world_size=1, num_workers=1)
+    loader = build_loader(
+        "webdataset",
+        root=str(digits_root),
+        dataset="digits",
+        split="val",
+        batch_size=64,
+        train=False,
+        image_size=16,
+        rank=0,
+        world_size=1,
+        num_workers=1,
+    )
     mine = evaluate(model, loader, torch.device("cpu"))
     theirs = result["sweep"][0]
     assert mine["count"] == theirs["count"] == 360
@@ -103,15 +128,26 @@ def _wait_for_step(out_dir, step, proc, timeout=240):
 
 
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(tmp_path, digits_root):
-    common = ["train.precision=fp32", "train.zero_stage=2", "train.max_steps=60", "train.log_every=2",
-              "tracking.enabled=false"]
+    common = [
+        "train.precision=fp32",
+        "train.zero_stage=2",
+        "train.max_steps=60",
+        "train.log_every=2",
+        "tracking.enabled=false",
+    ]
     proc, straight = run_train(tmp_path, digits_root, common, out="straight")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "interrupted"
     args = [f"data.root={digits_root}", f"train.out_dir={out}", *FAST, *common]
-    runner = subprocess.Popen(command(args, 2), cwd=tmp_path, env=train_env(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    runner = subprocess.Popen(
+        command(args, 2),
+        cwd=tmp_path,
+        env=train_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_step(out, 14, runner)
     ranks = subprocess.run(["pgrep", "-P", str(runner.pid)], capture_output=True, text=True).stdout.split()
     assert len(ranks) == 2
@@ -145,8 +181,9 @@ def test_an_unreachable_tracking_server_does_not_stop_training(tmp_path, digits_
 
 
 def test_a_single_process_without_launcher_trains(tmp_path, digits_root):
-    proc, out = run_train(tmp_path, digits_root, ["train.zero_stage=0", "train.max_steps=8", "train.log_every=4"],
-                          nproc=1)
+    proc, out = run_train(
+        tmp_path, digits_root, ["train.zero_stage=0", "train.max_steps=8", "train.log_every=4"], nproc=1
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 rank(s) on cpu" in proc.stdout and summary(out)["step"] == 8
 
