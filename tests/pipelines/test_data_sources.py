@@ -172,3 +172,24 @@ def test_ucf101_clips(tmp_path):
                           batch_size=3, train=False, num_workers=0)
     b = next(iter(loader))
     assert b["input"].shape == (3, 3, 4, 32, 32) and b["label"].tolist() == [0, 1, 2]
+
+
+def test_png_and_cmyk_files_named_jpeg_are_reencoded(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from pipelines.paths import webdataset_dir
+
+    root = imagenet_tree(tmp_path / "in")
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(root / "train" / WNIDS[0] / "png_inside.JPEG", format="PNG")
+    Image.fromarray(arr).convert("CMYK").save(root / "train" / WNIDS[0] / "cmyk.JPEG", format="JPEG")
+    prepare("imagenet", tmp_path / "out", src=root, progress=False, splits=["train"])
+    with tarfile.open(webdataset_dir(tmp_path / "out", "imagenet", "train") / "imagenet-train-000000.tar") as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".jpg"):
+                img = Image.open(io.BytesIO(tar.extractfile(member).read()))
+                assert img.format == "JPEG" and img.mode == "RGB", member.name
