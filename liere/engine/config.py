@@ -38,9 +38,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = (
-        "digits"  # a prepared data set under root, or an embedded one (digits, compass2d, compass3d)
-    )
+    dataset: str = "digits"  # prepared under root, or embedded (digits, compass2d, compass3d)
     root: str = "data"  # where the shards live (embedded sets are prepared here on first use)
     backend: str = "webdataset"  # webdataset, ffcv or dali
     train_split: str = "train"
