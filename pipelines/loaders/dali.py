@@ -8,6 +8,7 @@ decoder and every later op runs on the GPU; here everything runs on the CPU (`de
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -43,8 +44,6 @@ class DALILoader(Loader):
         super().__init__(self.reader.manifest, **kwargs)
         self.gpu = _use_gpu(device)
         self._pipe = None
-        self._labels = self.reader.labels()
-        self._indices = self.reader.indices()
 
     # ---- pipeline ------------------------------------------------------------------------------
     def _build(self):
@@ -88,6 +87,14 @@ class DALILoader(Loader):
                 if self.gpu:
                     vol = vol.gpu()
                 d, h, w = self.image_size
+                native = self.info["native_size"]
+                if self.train and any(s > n for s, n in zip(self.image_size, native)):
+                    # smaller volumes are upscaled before the crop, as in transforms.volume_transform
+                    scale = max(s / n for s, n in zip(self.image_size, native))
+                    up = [max(s, math.ceil(n * scale)) for s, n in zip(self.image_size, native)]
+                    vol = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
+                    vol = fn.resize(vol, size=up, interp_type=types.INTERP_LINEAR, antialias=False)
+                    vol = fn.transpose(vol, perm=[3, 0, 1, 2], output_layout="CDHW")
                 if self.train:
                     out = fn.crop(
                         vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad",
@@ -132,7 +139,7 @@ class DALILoader(Loader):
             x = self._to_torch(out)
             yield {
                 "input": x,
-                "label": torch.from_numpy(self._labels[b]),
-                "index": torch.from_numpy(self._indices[b]),
+                "label": torch.tensor([self.reader.label(int(p)) for p in b], dtype=torch.int64),
+                "index": torch.tensor([self.reader.index(int(p)) for p in b], dtype=torch.int64),
                 "normalized": image,
             }

@@ -31,7 +31,8 @@ def collect(loader):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("dataset", "size", "shape"), [("digits", 32, (1, 32, 32)), ("compass2d", 16, (3, 16, 16)),
-                                                        ("compass3d", 8, (1, 8, 8, 8))])
+                                                        ("compass3d", 8, (1, 8, 8, 8)),
+                                                        ("compass3d", 16, (1, 16, 16, 16))])
 def test_batch_contract(backend, data_root, dataset, size, shape):
     for train in (False, True):
         loader = make(backend, data_root, dataset, batch_size=16, train=train, image_size=size)
