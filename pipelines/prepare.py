@@ -15,6 +15,7 @@ from pipelines import paths
 from pipelines.errors import DataError
 from pipelines.sources import get_source, source_class
 from pipelines.sources.base import Source
+from pipelines.writers.manifest import fingerprint, write_json
 from pipelines.writers.webdataset import write_webdataset_split
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,31 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _complete(root: str | os.PathLike, dataset: str, splits: Sequence[str], formats: Sequence[str]) -> bool:
-    for split in splits:
-        if "webdataset" in formats and not paths.webdataset_manifest(root, dataset, split).is_file():
-            return False
-        if "ffcv" in formats and not paths.ffcv_manifest(root, dataset, split).is_file():
-            return False
-    return True
+PREPARED = "prepared.json"
+_NOT_IDENTITY = ("workers", "progress", "overwrite")  # arguments that do not change what is written
+
+
+def _request_fingerprint(source: str, formats: Sequence[str], kwargs: dict[str, Any]) -> str:
+    return fingerprint({"source": source, "formats": sorted(formats),
+                        **{k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY}})
+
+
+def _is_prepared(root: str | os.PathLike, name: str, request: str) -> bool:
+    path = Path(root) / name / PREPARED
+    try:
+        return request in json.loads(path.read_text()).get("requests", [])
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _mark_prepared(root: str | os.PathLike, name: str, request: str, rows: list[dict[str, Any]]) -> None:
+    path = Path(root) / name / PREPARED
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    requests = [r for r in old.get("requests", []) if r != request] + [request]
+    write_json(path, {"requests": requests[-20:], "outputs": rows})
 
 
 def ensure_prepared(
@@ -190,47 +209,41 @@ def ensure_prepared(
     progress: bool | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Prepare `dataset` under `root` unless it is already there; idempotent and safe on many ranks.
+    """Prepare `dataset` under `root` unless this same request was prepared before; safe on many ranks.
 
-    Rank 0 prepares (under a lock file, so independent jobs sharing `root` do not collide); the other
-    ranks wait for the manifests, which are written last. Returns dataset_info(root, dataset).
+    Rank 0 prepares (under a lock file, so independent jobs sharing `root` do not collide; prepare()
+    itself resumes and keeps complete splits) and then records the request in `NAME/prepared.json`;
+    the other ranks wait for that record without reading the source. Returns dataset_info(root, name).
     """
     from pipelines.loaders.common import resolve_rank
 
-    rank, world_size = resolve_rank(rank, world_size)
-    cls = source_class(dataset) if "name" not in kwargs else None
-    name = kwargs.get("name", dataset)
-    if cls is not None and cls.needs_src and "src" not in kwargs:
+    rank, _ = resolve_rank(rank, world_size)
+    cls = source_class(dataset)
+    if cls.needs_src and "src" not in kwargs:
         raise DataError(f"{dataset!r} reads files: ensure_prepared needs src=...")
-    splits = kwargs.get("splits") or _source_splits(dataset, kwargs)
-    if _complete(root, name, splits, formats):
-        return dataset_info(root, name)
-    if rank == 0:
-        lock = Path(root) / name / ".prepare.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as fh:
-            import fcntl
+    name = kwargs.get("name") or dataset
+    request = _request_fingerprint(dataset, formats, kwargs)
+    if not _is_prepared(root, name, request):
+        if rank == 0:
+            lock = Path(root) / name / ".prepare.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock, "w") as fh:
+                import fcntl
 
-            fcntl.flock(fh, fcntl.LOCK_EX)  # a second job sharing root waits here, then finds the work done
-            try:
-                if not _complete(root, name, splits, formats):
-                    prepare(dataset, root, formats=formats, progress=bool(progress), **kwargs)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-    else:
-        deadline = time.time() + timeout
-        while not _complete(root, name, splits, formats):
-            if time.time() > deadline:
-                raise TimeoutError(f"rank {rank}: {name} under {root} not prepared after {timeout:.0f} s")
-            time.sleep(poll)
+                fcntl.flock(fh, fcntl.LOCK_EX)  # a second job sharing root waits here, then finds the work done
+                try:
+                    if not _is_prepared(root, name, request):
+                        rows = prepare(dataset, root, formats=formats, progress=bool(progress), **kwargs)
+                        _mark_prepared(root, name, request, rows)
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        else:
+            deadline = time.time() + timeout
+            while not _is_prepared(root, name, request):
+                if time.time() > deadline:
+                    raise TimeoutError(f"rank {rank}: {name} under {root} not prepared after {timeout:.0f} s")
+                time.sleep(poll)
     return dataset_info(root, name)
-
-
-def _source_splits(dataset: str, kwargs: dict[str, Any]) -> list[str]:
-    src_kwargs = {k: v for k, v in kwargs.items() if k not in inspect.signature(prepare).parameters or k == "src"}
-    image_size = kwargs.get("image_size")
-    source, _ = make_source(dataset, src_kwargs.pop("src", None), image_size, **src_kwargs)
-    return source.splits()
 
 
 def dataset_info(root: str | os.PathLike, dataset: str) -> dict[str, Any]:

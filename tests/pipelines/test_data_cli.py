@@ -83,6 +83,8 @@ def test_ensure_prepared_on_two_ranks(tmp_path):
     mtime = results[0][2]
     ensure_prepared("compass2d", tmp_path, rank=0, world_size=1, image_size=16, num_train=64, num_val=16)
     assert os.path.getmtime(webdataset_manifest(tmp_path, "compass2d", "train")) == mtime  # idempotent
+    info = ensure_prepared("compass2d", tmp_path, rank=0, world_size=1, image_size=16, num_train=80, num_val=16)
+    assert info["splits"] == {"train": 80, "val": 16}  # a different request is prepared, not mistaken for done
 
 
 def test_import_needs_only_torch_and_numpy():
