@@ -60,7 +60,7 @@ def encode_volume(sample: Sample, channels: int, dtype: str = "uint8") -> tuple[
     if not isinstance(arr, np.ndarray) or arr.ndim != 4 or arr.shape[0] != channels:
         shape = getattr(arr, "shape", type(arr).__name__)
         raise BadSampleError(sample.origin, f"volume has shape {shape}, expected ({channels}, D, H, W)")
-    if not np.all(np.isfinite(arr)) if arr.dtype.kind == "f" else False:
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise BadSampleError(sample.origin, "volume holds NaN or infinite values")
     arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
     buf = io.BytesIO()
