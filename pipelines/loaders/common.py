@@ -98,19 +98,26 @@ class Loader:
         self.epoch = 0
         self._skip = 0  # batches to skip at the start of the next iteration (resume)
         self._consumed = 0
+        self._positions_cache: tuple[int, np.ndarray] | None = None
 
     # ---- order and state -------------------------------------------------------------------
     def positions(self, epoch: int | None = None) -> np.ndarray:
-        """Positions in the split this rank reads in `epoch` (default: the current one)."""
-        return epoch_positions(
+        """Positions in the split this rank reads in `epoch` (default: the current one); cached per epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        cached = self._positions_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        pos = epoch_positions(
             self.num_samples_total,
-            epoch=self.epoch if epoch is None else epoch,
+            epoch=epoch,
             seed=self.seed,
             rank=self.rank,
             world_size=self.world_size,
             shuffle=self.shuffle,
             drop_uneven=self.drop_last,
         )
+        self._positions_cache = (epoch, pos)
+        return pos
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
