@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from liere.encodings.base import AngleRotation, RotaryEncoding, RotationState
+from liere.encodings.expm import skew_expm
 
 INITS = ("paper", "small")
 
@@ -74,7 +75,7 @@ class LieRE(RotaryEncoding):
         """pos (N, num_axes) -> exp(sum_a p_a A_a): (L, H, N, d/g, g, g), orthogonal."""
         # sum over axes on the upper triangles (half the work of full matrices), then one skew
         mixed = torch.einsum("na,alhkm->lhnkm", pos, self.upper.float())
-        return torch.linalg.matrix_exp(self.skew(mixed))
+        return skew_expm(self.skew(mixed))
 
     def _state(self, pos: Tensor) -> RotationState:
         if self.block_size == 2:  # exp([[0, u], [-u, 0]]) rotates by -u: RoPE's angle form
