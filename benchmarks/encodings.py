@@ -35,15 +35,25 @@ MODELS = {  # name: (preset, img_size, patch_size, in_chans)
     "3d": ("vit_small_patch16", (16, 112, 112), (2, 16, 16), 3),
 }
 # dense peak FLOP/s by GPU name fragment and precision, for model FLOP utilisation
-PEAK_FLOPS = {"H100": {"bf16": 989e12, "fp32": 67e12}, "H200": {"bf16": 989e12, "fp32": 67e12},
-              "A100": {"bf16": 312e12, "fp32": 19.5e12}}
+PEAK_FLOPS = {
+    "H100": {"bf16": 989e12, "fp32": 67e12},
+    "H200": {"bf16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp32": 19.5e12},
+}
 
 
 def build(encoding: str, model: str, init: str, device: torch.device) -> torch.nn.Module:
     preset, img, patch, chans = MODELS[model]
     options = {"init": init} if encoding.startswith("liere") else {}
-    return liere.create_model(preset, encoding=encoding, img_size=img, patch_size=patch, in_chans=chans,
-                              num_classes=1000, encoding_options=options).to(device)
+    return liere.create_model(
+        preset,
+        encoding=encoding,
+        img_size=img,
+        patch_size=patch,
+        in_chans=chans,
+        num_classes=1000,
+        encoding_options=options,
+    ).to(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -73,8 +83,15 @@ def make_step(model: torch.nn.Module, model_kind: str, batch: int, precision: st
     return step
 
 
-def time_steps(model_kind: str, batch: int, precision: str, init: str, encodings: list[str], reps: int,
-               device: torch.device) -> dict[str, float]:
+def time_steps(
+    model_kind: str,
+    batch: int,
+    precision: str,
+    init: str,
+    encodings: list[str],
+    reps: int,
+    device: torch.device,
+) -> dict[str, float]:
     """Median step time per encoding, interleaved: rep 1 of every encoding, then rep 2, ..."""
     steps = {}
     for enc in encodings:
@@ -130,8 +147,10 @@ def rotation_cost(model_kind: str, init: str, enc: str, reps: int, device: torch
         return time.perf_counter() - t0
 
     fwd(), fwd_bwd()
-    return {"forward": statistics.median(fwd() for _ in range(reps)),
-            "forward_backward": statistics.median(fwd_bwd() for _ in range(reps))}
+    return {
+        "forward": statistics.median(fwd() for _ in range(reps)),
+        "forward_backward": statistics.median(fwd_bwd() for _ in range(reps)),
+    }
 
 
 def main() -> None:
@@ -154,8 +173,12 @@ def main() -> None:
         encodings.insert(0, "ape")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
-    env = {"device": gpu or platform.processor() or "cpu", "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "command": " ".join(sys.argv)}
+    env = {
+        "device": gpu or platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
     print(f"# encodings benchmark on {env['device']} ({env['threads']} threads), torch {env['torch']}\n")
     results = {"env": env, "steps": [], "rotations": []}
 
@@ -171,24 +194,43 @@ def main() -> None:
             for precision in split(args.precisions):
                 for batch in (int(b) for b in split(args.batches)):
                     times = time_steps(model_kind, batch, precision, init, encodings, args.reps, device)
-                    mem = {} if args.no_memory else {
-                        enc: peak_memory(model_kind, batch, precision, init, enc) for enc in encodings}
+                    mem = (
+                        {}
+                        if args.no_memory
+                        else {enc: peak_memory(model_kind, batch, precision, init, enc) for enc in encodings}
+                    )
                     print(f"## training step: {model_kind}, batch {batch}, {precision}, {init} init\n")
-                    print("| encoding | step (s) | vs ape | peak memory (GB) | vs ape |\n|---|---|---|---|---|")
+                    print(
+                        "| encoding | step (s) | vs ape | peak memory (GB) | vs ape |\n|---|---|---|---|---|"
+                    )
                     for enc in encodings:
-                        row = {"model": model_kind, "batch": batch, "precision": precision, "init": init,
-                               "encoding": enc, "step_s": times[enc], "step_ratio": times[enc] / times["ape"]}
+                        row = {
+                            "model": model_kind,
+                            "batch": batch,
+                            "precision": precision,
+                            "init": init,
+                            "encoding": enc,
+                            "step_s": times[enc],
+                            "step_ratio": times[enc] / times["ape"],
+                        }
                         if mem:
                             row.update(peak_bytes=mem[enc], memory_ratio=mem[enc] / mem["ape"])
                         if gpu:
                             peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
-                            model_flops = 3 * batch * liere.count_flops(build(enc, model_kind, init, device))["total"]
+                            model_flops = (
+                                3 * batch * liere.count_flops(build(enc, model_kind, init, device))["total"]
+                            )
                             if peak:
                                 row["mfu"] = model_flops / times[enc] / peak[precision]
                         results["steps"].append(row)
-                        memtxt = (f"{row['peak_bytes'] / 1e9:.2f} | {row['memory_ratio']:.2f}x" if mem else "- | -")
-                        print(f"| {enc} | {row['step_s']:.3f} | {row['step_ratio']:.2f}x | {memtxt} |"
-                              + (f" MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""), flush=True)
+                        memtxt = (
+                            f"{row['peak_bytes'] / 1e9:.2f} | {row['memory_ratio']:.2f}x" if mem else "- | -"
+                        )
+                        print(
+                            f"| {enc} | {row['step_s']:.3f} | {row['step_ratio']:.2f}x | {memtxt} |"
+                            + (f" MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""),
+                            flush=True,
+                        )
                     print()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

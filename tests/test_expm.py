@@ -11,10 +11,20 @@ from liere.encodings.expm import THETA, skew_expm, squarings
 
 def generators(block_size, init, axes=2, grid=14, depth=2, heads=3, scale=1.0):
     """Every (layer, head, token, block) exponent of a LieRE encoding on a grid, scaled."""
-    enc = encodings.build("liere", head_dim=64, num_heads=heads, depth=depth, num_axes=axes,
-                          grid_shape=(grid,) * axes, block_size=block_size, init=init)
+    enc = encodings.build(
+        "liere",
+        head_dim=64,
+        num_heads=heads,
+        depth=depth,
+        num_axes=axes,
+        grid_shape=(grid,) * axes,
+        block_size=block_size,
+        init=init,
+    )
     pos = enc.positions((grid,) * axes) * scale
-    return enc.skew(torch.einsum("na,alhkm->lhnkm", pos, enc.upper.detach())).reshape(-1, block_size, block_size)
+    return enc.skew(torch.einsum("na,alhkm->lhnkm", pos, enc.upper.detach())).reshape(
+        -1, block_size, block_size
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,8 +58,11 @@ def test_squarings_are_sized_per_matrix():
     assert squarings(X).tolist() == [0, 0, math.ceil(math.log2(100 / THETA))]
     out = skew_expm(X)
     assert torch.equal(out[0], torch.eye(4))
-    assert torch.allclose(out[2, :2, :2], torch.tensor([[math.cos(100), math.sin(100)],
-                                                       [-math.sin(100), math.cos(100)]]), atol=1e-5)
+    assert torch.allclose(
+        out[2, :2, :2],
+        torch.tensor([[math.cos(100), math.sin(100)], [-math.sin(100), math.cos(100)]]),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("norm", [0.5, 5.0, 60.0])

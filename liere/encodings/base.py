@@ -18,9 +18,15 @@ from torch import Tensor, nn
 from liere.encodings.positions import SCHEMES, grid_positions
 
 
-def _layer_slice(t: Tensor, layer: int) -> Tensor:
-    """Parameters are stored per layer (leading size L) or shared (leading size 1)."""
-    return t[layer if t.shape[0] > 1 else 0]
+def _per_layer(t: Tensor | None) -> tuple[Tensor, ...] | None:
+    """Split the leading layer axis once: backward then stacks all layers' gradients in one go,
+    where indexing per layer would allocate and add a full-size gradient for every layer."""
+    return None if t is None else t.unbind(0)
+
+
+def _layer(views: tuple[Tensor, ...], layer: int) -> Tensor:
+    """Rotations are stored per layer (L views) or shared by all layers (one view)."""
+    return views[layer if len(views) > 1 else 0]
 
 
 @dataclass
@@ -36,12 +42,22 @@ class AngleRotation:
     sin: Tensor
     basis: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self._cos, self._sin, self._basis = _per_layer(self.cos), _per_layer(self.sin), _per_layer(self.basis)
+        # fp32/fp64: one complex multiply per pair, (x0 + i x1)(cos + i sin), in a single pass
+        complex_ok = self.cos.dtype in (torch.float32, torch.float64)
+        self._phase = _per_layer(torch.complex(self.cos, self.sin)) if complex_ok else None
+
     def apply(self, x: Tensor, layer: int) -> Tensor:
         """x: (..., H, T, d) -> same shape, rotated with layer ``layer``'s rotations."""
-        if self.basis is not None:
-            x = x @ _layer_slice(self.basis, layer)  # row vectors: x P == (P^T x)^T
-        cos, sin = _layer_slice(self.cos, layer), _layer_slice(self.sin, layer)  # (H, T, K)
+        if self._basis is not None:
+            x = x @ _layer(self._basis, layer)  # row vectors: x P == (P^T x)^T
         pairs = x.unflatten(-1, (-1, 2))  # (..., H, T, K, 2)
+        if self._phase is not None and x.dtype == self.cos.dtype:
+            if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
+                pairs = pairs.contiguous()
+            return torch.view_as_real(torch.view_as_complex(pairs) * _layer(self._phase, layer)).flatten(-2)
+        cos, sin = _layer(self._cos, layer), _layer(self._sin, layer)  # (H, T, K); bf16/fp16: no complex
         x0, x1 = pairs.unbind(-1)
         return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
 
@@ -72,12 +88,23 @@ class BlockRotation:
 
     blocks: Tensor
 
+    def __post_init__(self) -> None:
+        self._blocks = _per_layer(self.blocks)
+
     def apply(self, x: Tensor, layer: int) -> Tensor:
         """x: (..., H, T, d) -> same shape."""
-        blocks = _layer_slice(self.blocks, layer)  # (H, T, K, g, g)
-        g = blocks.shape[-1]
-        xb = x.unflatten(-1, (-1, g))  # (..., H, T, K, g)
-        return torch.einsum("htkij,...htkj->...htki", blocks, xb).flatten(-2)
+        blocks = _layer(self._blocks, layer)  # (H, T, K, g, g)
+        H, T, K, g, _ = blocks.shape
+        lead = x.shape[:-3]
+        n = len(lead)
+        # (..., H, T, K, g) -> (H, T, K, g, ...): one (g x g) @ (g x batch) product per head, token and block
+        cols = (
+            x.unflatten(-1, (K, g))
+            .movedim(tuple(range(n)), tuple(range(-n, 0)))
+            .reshape(x.shape[-3], T, K, g, -1)
+        )
+        out = (blocks @ cols).reshape(cols.shape[0], T, K, g, *lead)
+        return out.movedim(tuple(range(4, 4 + n)), tuple(range(n))).flatten(-2)
 
     def with_prefix(self, num_prefix: int) -> BlockRotation:
         if num_prefix == 0:

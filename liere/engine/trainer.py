@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -45,10 +46,21 @@ class Progress:
 class StopSignal:
     """Records SIGTERM / SIGUSR1 (Slurm's preemption and time-limit warnings) for the loop to act on."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    _fork_hook = False
+
     def __init__(self) -> None:
         self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
+        if not StopSignal._fork_hook:
+            # Slurm signals every process of a job step, loader workers included, and torch's workers
+            # die of SIGTERM, which would fail the rank before it checkpoints: forked workers block both
+            # signals (the rank acts on them; its workers end with it).
+            os.register_at_fork(
+                after_in_child=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, StopSignal.SIGNALS)
+            )
+            StopSignal._fork_hook = True
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
