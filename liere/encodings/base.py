@@ -94,7 +94,7 @@ class BlockRotation:
     def apply(self, x: Tensor, layer: int) -> Tensor:
         """x: (..., H, T, d) -> same shape."""
         blocks = _layer(self._blocks, layer)  # (H, T, K, g, g)
-        H, T, K, g, _ = blocks.shape
+        _, T, K, g, _ = blocks.shape
         lead = x.shape[:-3]
         n = len(lead)
         # (..., H, T, K, g) -> (H, T, K, g, ...): one (g x g) @ (g x batch) product per head, token and block
