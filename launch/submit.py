@@ -115,8 +115,9 @@ class Trainer(submitit.helpers.Checkpointable):
             if rank == 0 and not self._terminated and callable(handler):
                 # the engine stopped on SIGUSR1 before submitit's handler ran: let it checkpoint and requeue
                 handler(signal.SIGUSR1, None)
-            if rank != 0:  # leave the requeue to rank 0: Slurm ends this task when it happens
-                time.sleep(120)
+            deadline = time.time() + 120
+            while rank != 0 and not self._terminated and time.time() < deadline:
+                time.sleep(0.5)  # leave the requeue to rank 0; Slurm's SIGTERM ends the wait
             sys.exit(EXIT_PREEMPTED)  # no result: a waiting client keeps waiting for the restart
         raise RuntimeError(f"rank {rank}: launch/train.py {_describe(rc)}\n{self._stderr_tail()}")
 
@@ -234,7 +235,7 @@ def make_executor(args: argparse.Namespace, folder: Path, name: str) -> submitit
         params.update(
             slurm_signal_delay_s=args.signal_delay_s,
             # a rank that fails stops the others at once (they would wait for it in a collective)
-            slurm_srun_args=["--kill-on-bad-exit=1"],
+            slurm_srun_args=["--kill-on-bad-exit=1", "--open-mode=append"],  # logs kept across requeues
             slurm_additional_parameters={"requeue": True},
             # the site's settings (modules, NCCL, MLflow), as for the sbatch templates
             slurm_setup=[
@@ -294,7 +295,10 @@ def wait_for(job: submitit.Job, cluster: str, poll_s: float = 2.0) -> list[Any]:
             time.sleep(3)  # results are written just before the job ends: give the file system a moment
             if all(t.paths.result_pickle.exists() for t in tasks):
                 break
-            raise RuntimeError(f"job {job.job_id} ended {state} without results; see {job.paths.stderr}")
+            errors = [str(t.exception()) for t in tasks if t.paths.result_pickle.exists()]
+            errors = [e for e in errors if e != "None"]
+            reason = errors[0] if errors else f"no task wrote a result; see {job.paths.stderr}"
+            raise RuntimeError(f"job {job.job_id} ended {state}: {reason}")
         time.sleep(poll_s)
     return job.results()
 

@@ -19,9 +19,9 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm/logs/%x-%j.out
-#SBATCH --error=slurm/logs/%x-%j.out
 # (one task per node: slurm/node_launch.sh, which starts one rank per GPU; cpus-per-task: the whole
-# node, shared by its ranks and their loader workers; logs appended to across requeues)
+# node, shared by its ranks and their loader workers; one log, stdout and stderr, appended to
+# across requeues)
 set -euo pipefail
 
 # sbatch runs a spooled copy of this file: find the checkout from the path that was submitted.

@@ -75,6 +75,15 @@ liere_train() {
     trap 'LIERE_TERMINATED=1; liere_log "batch script got SIGTERM: Slurm is ending the job"' TERM
     local srun_args=(--kill-on-bad-exit=1 --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1)
     if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+    local job_info out err
+    job_info=$(scontrol show job "$SLURM_JOB_ID")
+    out=$(sed -n 's/^ *StdOut=//p' <<<"$job_info")
+    err=$(sed -n 's/^ *StdErr=//p' <<<"$job_info")
+    if [[ $TASK_OUTPUT == job && -n $out ]]; then
+        srun_args+=(--output="$out" --error="${err:-$out}" --open-mode=append)
+    elif [[ $TASK_OUTPUT != job ]]; then
+        srun_args+=(--output="$TASK_OUTPUT" --open-mode=append)
+    fi
     local rc=0
     srun "${srun_args[@]}" bash "$LIERE_ROOT/slurm/node_launch.sh" "${cmd[@]}" || rc=$?
     case $rc in

@@ -44,7 +44,7 @@ while ((${#rank_of[@]} > 0)); do
     pid=""
     rc=0
     wait -n -p pid "${!rank_of[@]}" || rc=$?
-    if [[ -z $pid ]]; then continue; fi  # a trapped signal interrupted the wait: the ranks run on
+    if [[ -z ${pid:-} ]]; then continue; fi  # a trapped signal interrupted the wait: the ranks run on
     rank=${rank_of[$pid]}
     unset "rank_of[$pid]"
     if ((rc == 0 || rc == 3)); then

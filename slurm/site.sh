@@ -48,6 +48,13 @@ fi
 export MLFLOW_TRACKING_URI
 export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
 
+# --- logs -------------------------------------------------------------------------------------
+# Where the ranks' output goes. "job": each node's slurmstepd appends it straight to the job's own
+# log (srun relays nothing once Slurm signals it, so a rank's last words on preemption would be
+# lost). On NFS, where appends from many nodes can clobber each other, give a per-task pattern:
+#   TASK_OUTPUT=slurm/logs/%x-%j-%t.out      (%t: task = node index here)
+TASK_OUTPUT=${TASK_OUTPUT:-job}
+
 # --- data ---------------------------------------------------------------------------------------
 # Where launch/prepare_data.py wrote the shards; passed to training as data.root when set.
 DATA_ROOT=${DATA_ROOT:-}

@@ -10,6 +10,7 @@ daemons run in the foreground as our children, so they are stopped by pid, never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -189,10 +190,8 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
     # -- tear-down ---------------------------------------------------------------------------------
     def stop(self) -> None:
         """`scontrol shutdown` (stops slurmctld and every slurmd), then our own daemons by pid."""
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            pass
         for p in self._procs:
             _stop(p, grace=15)
         if self._munged is not None:  # only a munged we started; after the daemons that use it
@@ -221,7 +220,10 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     cluster = LocalSlurmCluster().start()
-    print(f"export SLURM_CONF={cluster.conf}   # logs in {cluster.log_dir}; Ctrl-C stops the cluster", flush=True)
+    print(
+        f"export SLURM_CONF={cluster.conf}   # logs in {cluster.log_dir}; Ctrl-C stops the cluster",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)
