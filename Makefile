@@ -60,6 +60,19 @@ $(VENV)/.system: | $(BIN)/python
 		echo "not root or no apt-get: install $(FFCV_DEBS) yourself, or the ffcv extra will not build"; \
 	fi
 
+# Debian packages of the cluster tests (tests/cluster start a real two-node Slurm cluster with munge
+# on this machine); once per machine, skipped with a message where we are not root or there is no
+# apt-get (the cluster tests then skip, except under CI=true, where they fail).
+SLURM_DEBS := slurm-wlm slurmctld slurmd slurm-client munge
+$(VENV)/.slurm: | $(BIN)/python
+	@if dpkg -s $(SLURM_DEBS) >/dev/null 2>&1; then \
+		touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SLURM_DEBS) && touch $@; \
+	else \
+		echo "not root or no apt-get: install $(SLURM_DEBS) yourself, or the cluster tests skip"; \
+	fi
+
 # The data extras: webdataset/wids, FFCV (built from source against the Debian packages above) and
 # DALI (nvidia-dali-cuda130: its CPU pipelines run without a driver).
 $(VENV)/.test: $(VENV)/.torch pyproject.toml | $(VENV)/.system
@@ -82,7 +95,7 @@ ui: $(VENV)/.demo
 
 install: $(VENV)/.test
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(VENV)/.slurm
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

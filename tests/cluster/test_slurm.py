@@ -295,3 +295,58 @@ def test_bad_submissions_fail_at_once_with_the_reason(slurm_cluster, tmp_path):
     assert proc.returncode != 0
     assert "config not found: configs/missing.yaml" in log.read_text()
     assert job_info(job_id)["JobState"] == "FAILED"
+
+
+def test_prepare_data_array_prepares_one_split_per_task(slurm_cluster, tmp_path):
+    out, log = tmp_path / "data", tmp_path / "prepare-%A_%a.out"
+    proc, job_id = sbatch(
+        ["--array=0-1", "--cpus-per-task=1", "--wait", f"--output={log}", "slurm/prepare_data.sh", "digits",
+         "--out", str(out)],
+        job_env(tmp_path),
+    )  # fmt: skip
+    logs = [Path(str(log).replace("%A", job_id).replace("%a", str(i))) for i in (0, 1)]
+    assert proc.returncode == 0, "\n".join(p.read_text()[-2000:] for p in logs if p.exists())
+    for path, split in zip(logs, ("train", "val")):
+        assert f"--splits {split} --workers 1" in path.read_text()
+        manifest = json.loads((out / "digits" / "webdataset" / split / "manifest.json").read_text())
+        assert manifest["num_samples"] > 0
+
+
+def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri_file, log = tmp_path / "mlflow_server.uri", tmp_path / "server.out"
+    env = job_env(tmp_path) | {
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_STORE": str(tmp_path / "store"),
+        "MLFLOW_URI_FILE": str(uri_file),
+        "MLFLOW_WORKERS": "1",
+    }
+    proc, job_id = sbatch(["--cpus-per-task=1", f"--output={log}", "slurm/mlflow_server.sh"], env)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        deadline = time.time() + 90
+        while not uri_file.exists() and time.time() < deadline:
+            assert job_info(job_id).get("JobState") not in FINAL, log.read_text()
+            time.sleep(0.5)
+        uri = uri_file.read_text().strip()
+        assert uri == f"http://127.0.0.1:{port}"
+        assert f"export MLFLOW_TRACKING_URI={uri}" in log.read_text()
+        with urllib.request.urlopen(uri + "/health", timeout=10) as r:
+            assert r.status == 200
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment("cluster-test"))
+        client.log_metric(run.info.run_id, "x", 1.0, step=3)
+        assert client.get_metric_history(run.info.run_id, "x")[0].step == 3
+        assert (tmp_path / "store" / "mlflow.db").is_file()
+    finally:
+        subprocess.run(["scancel", job_id])
+    wait_job(job_id, lambda i: i.get("JobState") in FINAL, 60, log)
+    assert not uri_file.exists()  # the address is withdrawn with the server
