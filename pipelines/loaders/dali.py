@@ -83,7 +83,10 @@ class DALILoader(Loader):
                     mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
                 )
             else:
-                vol = fn.external_source(name="data", dtype=types.UINT8, ndim=4, layout="CDHW")
+                dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
+                vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
+                if dtype == types.FLOAT16:
+                    vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
                 if self.gpu:
                     vol = vol.gpu()
                 d, h, w = self.image_size
@@ -118,7 +121,10 @@ class DALILoader(Loader):
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         t = tl.as_tensor()
-        dtype = torch.float32 if self.info["kind"] == "image" else torch.uint8
+        if self.info["kind"] == "image":
+            dtype = torch.float32
+        else:
+            dtype = torch.float32 if self.info["dtype"] == "float16" else torch.uint8
         out = torch.empty(t.shape(), dtype=dtype, device="cuda" if self.gpu else "cpu")
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream() if self.gpu else None)
         return out

@@ -9,6 +9,7 @@ arrays; transforms.py crops and flips them with the same per-sample seeds as the
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class FFCVLoader(Loader):
                 raise DataError(f"{self.beton}: sha256 differs from {manifest}")
         super().__init__(info, **kwargs)
         self.batches_ahead = batches_ahead
+        _record_thread_errors()
         self._loader = None
 
     def _pipelines(self) -> dict[str, list]:
@@ -97,8 +99,10 @@ class FFCVLoader(Loader):
         image = self.info["kind"] == "image"
         it = iter(loader)
         try:
-            for b, out in zip(batches, it):
-                x, label, index = out
+            for b in batches:
+                x, label, index = self._next(it)
+                if self.info["kind"] == "volume" and self.info["dtype"] == "float16":
+                    x = x.view(torch.float16)  # stored as uint16 bit patterns (numba has no float16)
                 # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
                 if image:
                     x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
@@ -112,3 +116,36 @@ class FFCVLoader(Loader):
                     yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}
         finally:
             it.close()  # stop FFCV's reader thread when an epoch is left early (resume, benchmarks)
+
+    def _next(self, it):
+        """next(it), but an FFCV reader thread that died (it swallows the error into a thread traceback and
+        would leave the caller waiting forever) becomes a DataError."""
+        q = it.output_queue
+        with q.not_empty:
+            while not q._qsize():
+                q.not_empty.wait(0.5)
+                if not q._qsize() and not it.is_alive():
+                    error = _THREAD_ERRORS.pop(it.ident, None)
+                    raise DataError(
+                        f"{self.beton}: FFCV's reader thread stopped"
+                        + (f" ({type(error).__name__}: {error})" if error else " (see the traceback above)")
+                    ) from error
+        return next(it)
+
+
+_THREAD_ERRORS: dict[int | None, BaseException] = {}
+
+
+def _record_thread_errors() -> None:
+    """Keep the exception of a failed FFCV EpochIterator thread so _next can report it (chains the old hook)."""
+    previous = threading.excepthook
+    if getattr(previous, "_pipelines_ffcv", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "EpochIterator" and args.thread is not None:
+            _THREAD_ERRORS[args.thread.ident] = args.exc_value
+        previous(args)
+
+    hook._pipelines_ffcv = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

@@ -27,6 +27,8 @@ class _ShardsAsArrays:
     def __init__(self, split_dir: Path):
         self.reader = ShardReader(split_dir)
         self.kind = self.reader.manifest["kind"]
+        # numba (FFCV's compiler) has no float16: such volumes are stored as their uint16 bit patterns
+        self.bits16 = self.reader.manifest["dtype"] == "float16"
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -39,6 +41,8 @@ class _ShardsAsArrays:
             img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # gray is stored as 3 equal channels
         else:
             img = decode_npy(data)
+            if self.bits16:
+                img = img.view(np.uint16)
         return img, self.reader.label(pos), self.reader.index(pos)
 
 
@@ -82,7 +86,8 @@ def write_ffcv_split(
         if not wds["fixed_shape"]:
             raise DataError(f"{split_dir}: volumes of different shapes; FFCV needs one fixed shape per split")
         shape = (wds["channels"], *wds["native_size"])
-        main = ("volume", NDArrayField(dtype=np.dtype(wds["dtype"]), shape=shape))
+        stored = np.dtype("uint16") if dataset.bits16 else np.dtype(wds["dtype"])
+        main = ("volume", NDArrayField(dtype=stored, shape=shape))
     fields = dict([main, ("label", IntField()), ("index", IntField())])
     beton.parent.mkdir(parents=True, exist_ok=True)
     tmp = beton.with_name(f".{beton.name}.tmp{os.getpid()}")

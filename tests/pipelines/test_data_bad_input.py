@@ -139,3 +139,17 @@ def test_cli_reports_bad_input_and_skips_on_request(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 bad samples" in proc.stderr
     assert re.search(r"^train\s+webdataset\s+11\s+\d+\s+[\d.]+\s+1\s", proc.stdout, re.M), proc.stdout
+
+
+def test_ffcv_reader_failure_is_an_error_not_a_hang(data_root, monkeypatch):
+    require("ffcv")
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated decoder failure")
+
+    monkeypatch.setattr(EpochIterator, "run_pipeline", broken)
+    loader = build_loader(backend="ffcv", root=data_root, dataset="digits", split="val", batch_size=8, train=False,
+                          num_workers=1)
+    with pytest.raises(DataError, match=r"val.beton: FFCV's reader thread stopped \(RuntimeError: simulated"):
+        next(iter(loader))

@@ -156,3 +156,16 @@ def test_augmentations_are_reproducible(data_root):
     b = next(iter(make("webdataset", data_root, "compass2d", "train", train=True, image_size=16)))["input"]
     assert torch.equal(a, b)
 
+
+
+def test_float16_volumes_read_the_same_on_every_backend(tmp_path):
+    from pipelines import prepare
+
+    formats = ["webdataset"] + (["ffcv"] if _has("ffcv") else [])
+    prepare("compass3d", tmp_path, formats=formats, image_size=10, num_train=40, num_val=20, volume_dtype="float16",
+            progress=False)
+    ref_idx, ref_lab, ref_x = collect(make("webdataset", tmp_path, "compass3d", image_size=8, batch_size=8))
+    for backend in [b for b in ("ffcv", "dali") if _has(b)]:
+        idx, lab, x = collect(make(backend, tmp_path, "compass3d", image_size=8, batch_size=8))
+        assert torch.equal(idx, ref_idx) and torch.equal(lab, ref_lab)
+        assert x.dtype == torch.float32 and (x - ref_x).abs().mean() < 0.05, backend
