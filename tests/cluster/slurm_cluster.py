@@ -189,7 +189,22 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
 
     # -- tear-down ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        """`scontrol shutdown` (stops slurmctld and every slurmd), then our own daemons by pid."""
+        """Cancel what is left, let it finish (a step whose slurmd is gone lingers), then `scontrol
+        shutdown` (stops slurmctld and every slurmd), then our own daemons by pid."""
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            ids = subprocess.run(
+                ["squeue", "-h", "-o", "%A"], env=self.env, capture_output=True, text=True, timeout=30
+            ).stdout.split()
+            if ids:
+                subprocess.run(["scancel", *ids], env=self.env, capture_output=True, timeout=30)
+            deadline = time.time() + 60
+            while (
+                time.time() < deadline
+                and subprocess.run(
+                    ["squeue", "-h"], env=self.env, capture_output=True, text=True, timeout=30
+                ).stdout.strip()
+            ):
+                time.sleep(0.5)
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=30)
         for p in self._procs:
