@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -56,9 +58,7 @@ class DALILoader(Loader):
             num_threads=max(1, self.num_workers),
             device_id=torch.cuda.current_device() if self.gpu else None,
             seed=(self.seed * 1000003 + self.rank) % (2**31),
-            prefetch_queue_depth=1,
-            exec_async=False,
-            exec_pipelined=False,
+            prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
         )
         with pipe:
             if kind == "image":
@@ -129,23 +129,47 @@ class DALILoader(Loader):
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream() if self.gpu else None)
         return out
 
+    def _feed(self, batch: np.ndarray) -> None:
+        """Hand one batch of encoded samples to the pipeline and schedule its run (DALI works on it in the
+        background while earlier batches are consumed)."""
+        if self.info["kind"] == "image":
+            data = [np.frombuffer(self.reader.payload(int(p)), dtype=np.uint8) for p in batch]
+        else:
+            data = [decode_npy(self.reader.payload(int(p))) for p in batch]
+        self._pipe.feed_input("data", data)
+        self._pipe.schedule_run()
+
     def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
         if not batches:
             return
         if self._pipe is None:
             self._pipe = self._build()
         image = self.info["kind"] == "image"
-        for b in batches:
-            if image:
-                data = [np.frombuffer(self.reader.payload(int(p)), dtype=np.uint8) for p in b]
-            else:
-                data = [decode_npy(self.reader.payload(int(p))) for p in b]
-            self._pipe.feed_input("data", data)
-            (out,) = self._pipe.run()
-            x = self._to_torch(out)
-            yield {
-                "input": x,
-                "label": torch.tensor([self.reader.label(int(p)) for p in b], dtype=torch.int64),
-                "index": torch.tensor([self.reader.index(int(p)) for p in b], dtype=torch.int64),
-                "normalized": image,
-            }
+        pending: deque[np.ndarray] = deque()
+        todo = iter(batches)
+        try:
+            for b in islice(todo, 1):
+                self._feed(b)
+                pending.append(b)
+            while pending:
+                (out,) = self._pipe.outputs()
+                b = pending.popleft()
+                x = self._to_torch(out)  # copied out before the pipeline reuses its buffers
+                nxt = next(todo, None)
+                if nxt is not None:
+                    self._feed(nxt)
+                    pending.append(nxt)
+                yield {
+                    "input": x,
+                    "label": torch.tensor([self.reader.label(int(p)) for p in b], dtype=torch.int64),
+                    "index": torch.tensor([self.reader.index(int(p)) for p in b], dtype=torch.int64),
+                    "normalized": image,
+                }
+        finally:
+            # an epoch left early: collect the scheduled run so the next epoch starts clean (at interpreter
+            # exit the pipeline may already be torn down; nothing is left to clean then)
+            for _ in pending:
+                try:
+                    self._pipe.outputs()
+                except (AttributeError, RuntimeError):
+                    break
