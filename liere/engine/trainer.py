@@ -266,6 +266,8 @@ def run(cfg: DictConfig, dry_run: bool = False) -> dict[str, Any]:
                 f"checkpointed at step {progress.step} after signal {stop.received}; "
                 f"run the same command again to resume",
             )
+            for sig in StopSignal.SIGNALS:  # checkpointed: a later signal (Slurm stopping the other
+                signal.signal(sig, signal.SIG_IGN)  # ranks) must not kill the exit, which resets handlers
             sys.exit(EXIT_PREEMPTED)
         summary = finish(cfg, denv, engine, spec, checkpointer, tracker, progress, out_dir)
         tracker.finish("FINISHED")
