@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-model", action="store_true", help="skip the ViT-S step measurement")
     args = p.parse_args(argv)
     root = Path(args.root)
+    load_before = os.getloadavg()
     batches = 6 if args.quick else args.batches
     backends = args.backends.split(",")
     rows = []
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nViT-S/16 LieRE-8 training step at 224 px on this CPU: {vit:.1f} samples/s; slowest 224 px loader "
               f"{slowest:.0f} samples/s = {slowest / vit:.0f}x the model's demand")
     out = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "workers": args.workers,
         "timed_batches": batches,
         "results": rows,
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "loaders.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(other work on the machine lowers every number)")
     print(f"wrote {RESULTS / 'loaders.json'}")
     return 0
 
