@@ -100,9 +100,13 @@ def mlflow_client(tmp_path: Path):
     return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
 
-def release(job_id: str) -> dict[str, str]:
+def release(job_id: str, restarts: int = 1) -> dict[str, str]:
     """A requeued job waits ~120 s (its BeginTime): start it now."""
-    info = wait_job(job_id, lambda i: i.get("JobState") == "PENDING" and i.get("Restarts") == "1", 90)
+
+    def requeued(info: dict[str, str]) -> bool:
+        return info.get("JobState") == "PENDING" and info.get("Restarts") == str(restarts)
+
+    info = wait_job(job_id, requeued, 90)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     return info
 
@@ -161,22 +165,29 @@ def test_a_requeued_sbatch_job_resumes_from_its_checkpoint_in_the_same_mlflow_ru
 ):
     out, log = tmp_path / "run", tmp_path / "job.out"
     proc, job_id = sbatch(
-        [*TWO_NODES, f"--output={log}", TEMPLATE, "configs/demo.yaml", *fast(digits_root, out, 40, 2)],
+        [*TWO_NODES, f"--output={log}", TEMPLATE, "configs/demo.yaml", *fast(digits_root, out, 50, 2)],
         job_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
+    # 1. the time-limit warning (--signal=USR1@180): the ranks checkpoint, the script requeues the job
     wait_step(out, 10, job_id, log)
-    subprocess.run(["scontrol", "requeue", job_id], check=True)  # as preemption does: SIGTERM, then requeue
-    release(job_id)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    release(job_id, restarts=1)
+    # 2. preemption as `scontrol requeue` does it: SIGTERM to every process, then Slurm requeues
+    wait_step(out, 24, job_id, log)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    release(job_id, restarts=2)
     info = wait_job(job_id, lambda i: i.get("JobState") in FINAL, 300, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED", text[-4000:]
+    assert "requeueing job" in text and "Slurm is ending the job" in text
     first_run_id = re.search(r"MLflow run (\w+)", text).group(1)
-    stopped = re.search(r"checkpointed at step (\d+) after signal", text)
-    assert stopped and 10 <= int(stopped.group(1)) < 40, text[-4000:]
-    assert f"resumed from {out / 'checkpoints'}/step_{int(stopped.group(1)):09d}" in text
-    assert "(restart 1)" in text
-    _assert_one_continuous_run(tmp_path, out, first_run_id, 40, 2)
+    stops = [int(s) for s in re.findall(r"checkpointed at step (\d+) after signal", text)]
+    assert len(stops) == 2 and 10 <= stops[0] < 24 <= stops[1] < 50, text[-4000:]
+    for step in stops:
+        assert f"resumed from {out / 'checkpoints'}/step_{step:09d}: step {step}" in text
+    assert "(restart 1)" in text and "(restart 2)" in text
+    _assert_one_continuous_run(tmp_path, out, first_run_id, 50, 2)
 
 
 def _job_folders(job_dir: Path) -> list[str]:
