@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import dicom_tree, imagenet_tree, medmnist_npz, nifti_tree
 from data_helpers import require
-from fixtures import dicom_tree, imagenet_tree, medmnist_npz, nifti_tree
 
 from pipelines import BadSampleError, DataError, build_loader, get_source, prepare
 from pipelines.paths import ffcv_manifest, webdataset_dir
@@ -141,6 +141,7 @@ def test_cli_reports_bad_input_and_skips_on_request(tmp_path):
     assert re.search(r"^train\s+webdataset\s+11\s+\d+\s+[\d.]+\s+1\s", proc.stdout, re.M), proc.stdout
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated failure
 def test_ffcv_reader_failure_is_an_error_not_a_hang(data_root, monkeypatch):
     require("ffcv")
     from ffcv.loader.epoch_iterator import EpochIterator

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from data_fixtures import cifar100_tree, dicom_tree, imagenet_tree, medmnist_npz, nifti_tree, ucf101_tree
 from data_helpers import require
-from fixtures import cifar100_tree, dicom_tree, imagenet_tree, medmnist_npz, nifti_tree, ucf101_tree
 
 from pipelines import build_loader, dataset_info, get_source, prepare
 from pipelines.paths import webdataset_manifest
