@@ -56,7 +56,9 @@ def load_image(
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(img)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))  # contiguous CHW: stacking strided views is ~10x slower
+    # contiguous, writable CHW (stacking strided views is ~10x slower; PIL's buffers are read-only)
+    out = np.ascontiguousarray(arr)
+    return torch.from_numpy(out if out.flags.writeable else out.copy())
 
 
 def load_volume(
