@@ -114,10 +114,16 @@ def peak_memory(model_kind: str, batch: int, precision: str, init: str, enc: str
 
 def _peak_of(enc: str, model_kind: str, batch: str, precision: str, init: str) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    status = Path("/proc/self/status")
+    if status.exists():  # Linux keeps the parent's peak RSS across fork and exec: reset it
+        Path("/proc/self/clear_refs").write_text("5")
     step = make_step(build(enc, model_kind, init, device), model_kind, int(batch), precision, device)
     step(), step()
     if device.type == "cuda":
         print(torch.cuda.max_memory_allocated())
+    elif status.exists():
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+        print(int(hwm.split()[1]) * 1024)
     else:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 

@@ -77,11 +77,13 @@ def test_applied_state_gives_the_scores_of_the_rotations(name, options):
     R = enc.rotation(enc.positions(grid))
     eye = torch.eye(R.shape[-1]).expand(R.shape[0], R.shape[1], 1, R.shape[3], -1, -1)
     R = torch.cat([eye, R], dim=2)  # identity for the class token
-    q, k = torch.randn(2, 2, 16, 16), torch.randn(2, 2, 16, 16)
+    q, k = torch.randn(2, 2, 16, 16), torch.randn(2, 2, 16, 16)  # (B, H, T, d)
     for layer in range(3):
         Rl = R[layer if R.shape[0] > 1 else 0]
         want = apply_blocks(Rl, q) @ apply_blocks(Rl, k).transpose(-1, -2)
-        got = state.apply(q, layer) @ state.apply(k, layer).transpose(-1, -2)
+        # states are token-major: they rotate (B, T, H, d)
+        qr, kr = (state.apply(t.transpose(1, 2), layer).transpose(1, 2) for t in (q, k))
+        got = qr @ kr.transpose(-1, -2)
         assert torch.allclose(got, want, atol=1e-4), f"layer {layer}"
 
 
@@ -89,7 +91,7 @@ def test_block_state_never_builds_a_dense_head_matrix():
     enc = make("liere", head_dim=32, block_size=8)
     state = enc.prepare((4, 4))
     assert isinstance(state, BlockRotation)
-    assert state.blocks.shape[-2:] == (8, 8) and state.blocks.shape[-3] == 4
+    assert state.blocks.shape == (3, 16, 2, 4, 8, 8)  # (L, T, H, d/g, g, g): token-major
     assert isinstance(make("liere", block_size=2).prepare((4, 4)), AngleRotation)
     assert isinstance(make("rope_mixed").prepare((4, 4)), AngleRotation)
 
@@ -101,7 +103,7 @@ def test_liere_with_blocks_of_two_reproduces_rope_mixed():
         liere.upper.copy_(-rope.freqs.unsqueeze(-1))
     pos = rope.positions((6, 4))
     assert torch.allclose(liere.rotation(pos), rope.rotation(pos), atol=1e-5)
-    x = torch.randn(2, 2, 24, 16)
+    x = torch.randn(2, 24, 2, 16)  # (B, T, H, d)
     sl, sr = liere.prepare((6, 4)), rope.prepare((6, 4))
     for layer in range(3):
         assert torch.allclose(sl.apply(x, layer), sr.apply(x, layer), atol=1e-6)

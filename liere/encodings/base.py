@@ -31,11 +31,13 @@ def _layer(views: tuple[Tensor, ...], layer: int) -> Tensor:
 
 @dataclass
 class AngleRotation:
-    """Rotations made of 2 x 2 blocks, stored as angles: ``cos`` and ``sin`` of shape (L, H, T, d/2).
+    """Rotations made of 2 x 2 blocks, stored as angles: ``cos`` and ``sin`` of shape (L, T, H, d/2).
 
     Pair k of a head vector, ``(x[2k], x[2k+1])``, is rotated by ``[[cos, -sin], [sin, cos]]``.
     ``basis`` (L, H, d, d), when given, is an orthogonal change of basis applied first
     (``x -> P^T x``; STRING). Costs O(T d) per head and layer: no matrix is ever built.
+    States are token-major, (T, H), like the (B, T, H, d) q and k they rotate: that is the memory
+    layout the CPU flash-attention kernel reads without a copy.
     """
 
     cos: Tensor
@@ -49,15 +51,15 @@ class AngleRotation:
         self._phase = _per_layer(torch.complex(self.cos, self.sin)) if complex_ok else None
 
     def apply(self, x: Tensor, layer: int) -> Tensor:
-        """x: (..., H, T, d) -> same shape, rotated with layer ``layer``'s rotations."""
-        if self._basis is not None:
-            x = x @ _layer(self._basis, layer)  # row vectors: x P == (P^T x)^T
+        """x: (..., T, H, d) -> same shape, rotated with layer ``layer``'s rotations."""
+        if self._basis is not None:  # row vectors: x P == (P^T x)^T, one product per head
+            x = torch.einsum("...thd,hde->...the", x, _layer(self._basis, layer))
         pairs = x.unflatten(-1, (-1, 2))  # (..., H, T, K, 2)
         if self._phase is not None and x.dtype == self.cos.dtype:
             if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
                 pairs = pairs.contiguous()
             return torch.view_as_real(torch.view_as_complex(pairs) * _layer(self._phase, layer)).flatten(-2)
-        cos, sin = _layer(self._cos, layer), _layer(self._sin, layer)  # (H, T, K); bf16/fp16: no complex
+        cos, sin = _layer(self._cos, layer), _layer(self._sin, layer)  # (T, H, K); bf16/fp16: no complex
         x0, x1 = pairs.unbind(-1)
         return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
 
@@ -65,11 +67,11 @@ class AngleRotation:
         """Prepend ``num_prefix`` identity rotations (class token and other special tokens)."""
         if num_prefix == 0:
             return self
-        L, H, _, K = self.cos.shape
-        ones = self.cos.new_ones(L, H, num_prefix, K)
+        L, _, H, K = self.cos.shape
+        ones = self.cos.new_ones(L, num_prefix, H, K)
         return AngleRotation(
-            torch.cat([ones, self.cos], dim=2),
-            torch.cat([torch.zeros_like(ones), self.sin], dim=2),
+            torch.cat([ones, self.cos], dim=1),
+            torch.cat([torch.zeros_like(ones), self.sin], dim=1),
             self.basis,
         )
 
@@ -80,7 +82,7 @@ class AngleRotation:
 
 @dataclass
 class BlockRotation:
-    """Block-diagonal rotations ``blocks`` (L, H, T, d/g, g, g), applied block by block.
+    """Block-diagonal rotations ``blocks`` (L, T, H, d/g, g, g), applied block by block.
 
     The product is a batched (g x g) @ (g x B) per head, token and block: the batch is folded into
     the columns, so no per-sample copy of a rotation and no dense d x d matrix is ever built.
@@ -92,28 +94,23 @@ class BlockRotation:
         self._blocks = _per_layer(self.blocks)
 
     def apply(self, x: Tensor, layer: int) -> Tensor:
-        """x: (..., H, T, d) -> same shape."""
-        blocks = _layer(self._blocks, layer)  # (H, T, K, g, g)
-        _, T, K, g, _ = blocks.shape
-        lead = x.shape[:-3]
+        """x: (..., T, H, d) -> same shape."""
+        blocks = _layer(self._blocks, layer)  # (T, H or 1, K, g, g)
+        T, _, K, g, _ = blocks.shape
+        H, lead = x.shape[-2], x.shape[:-3]
         n = len(lead)
-        # (..., H, T, K, g) -> (H, T, K, g, ...): one (g x g) @ (g x batch) product per head, token and block
-        cols = (
-            x.unflatten(-1, (K, g))
-            .movedim(tuple(range(n)), tuple(range(-n, 0)))
-            .reshape(x.shape[-3], T, K, g, -1)
-        )
-        out = (blocks @ cols).reshape(cols.shape[0], T, K, g, *lead)
+        # (..., T, H, K, g) -> (T, H, K, g, ...): one (g x g) @ (g x batch) product per token, head, block
+        cols = x.unflatten(-1, (K, g)).movedim(tuple(range(n)), tuple(range(-n, 0))).reshape(T, H, K, g, -1)
+        out = (blocks @ cols).reshape(T, H, K, g, *lead)
         return out.movedim(tuple(range(4, 4 + n)), tuple(range(n))).flatten(-2)
 
     def with_prefix(self, num_prefix: int) -> BlockRotation:
         if num_prefix == 0:
             return self
-        L, H, _, K, g, _ = self.blocks.shape
-        eye = torch.eye(g, dtype=self.blocks.dtype, device=self.blocks.device).expand(
-            L, H, num_prefix, K, g, g
-        )
-        return BlockRotation(torch.cat([eye, self.blocks], dim=2))
+        L, _, H, K, g, _ = self.blocks.shape
+        eye = torch.eye(g, dtype=self.blocks.dtype, device=self.blocks.device)
+        eye = eye.expand(L, num_prefix, H, K, g, g)
+        return BlockRotation(torch.cat([eye, self.blocks], dim=1))
 
     def to(self, dtype: torch.dtype) -> BlockRotation:
         return BlockRotation(self.blocks.to(dtype))
@@ -188,7 +185,8 @@ class RotaryEncoding(PositionEncoding):
         raise NotImplementedError
 
     def _state(self, pos: Tensor) -> RotationState:
-        return BlockRotation(self.rotation(pos))
+        """The rotations in the cheapest form to apply, token-major (L, T, H, ...)."""
+        return BlockRotation(self.rotation(pos).transpose(1, 2))
 
     def apply_flops(self, num_tokens: int) -> int:
         """Rotating q and k in every layer: 2 * depth * heads * tokens * (cost per head vector)."""

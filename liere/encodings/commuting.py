@@ -76,5 +76,5 @@ class STRING(FrequencyRotary):
         return 2 * self.head_dim**2 + super()._vector_flops()
 
     def _state(self, pos: Tensor) -> AngleRotation:
-        theta = angles(pos, self.freqs.float())
+        theta = angles(pos, self.freqs.float(), token_major=True)
         return AngleRotation(theta.cos(), theta.sin(), basis=self.basis())

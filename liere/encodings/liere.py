@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liere.encodings.base import AngleRotation, RotaryEncoding, RotationState
+from liere.encodings.base import AngleRotation, BlockRotation, RotaryEncoding, RotationState
 from liere.encodings.expm import skew_expm
 
 INITS = ("paper", "small")
@@ -73,15 +73,18 @@ class LieRE(RotaryEncoding):
 
     def rotation(self, pos: Tensor) -> Tensor:
         """pos (N, num_axes) -> exp(sum_a p_a A_a): (L, H, N, d/g, g, g), orthogonal."""
+        return self._exponentials(pos, "lhnkm")
+
+    def _exponentials(self, pos: Tensor, layout: str) -> Tensor:
         # sum over axes on the upper triangles (half the work of full matrices), then one skew
-        mixed = torch.einsum("na,alhkm->lhnkm", pos, self.upper.float())
+        mixed = torch.einsum(f"na,alhkm->{layout}", pos, self.upper.float())
         return skew_expm(self.skew(mixed))
 
     def _state(self, pos: Tensor) -> RotationState:
         if self.block_size == 2:  # exp([[0, u], [-u, 0]]) rotates by -u: RoPE's angle form
-            theta = -torch.einsum("na,alhk->lhnk", pos, self.upper[..., 0].float())
+            theta = -torch.einsum("na,alhk->lnhk", pos, self.upper[..., 0].float())
             return AngleRotation(theta.cos(), theta.sin())
-        return super()._state(pos)
+        return BlockRotation(self._exponentials(pos, "lnhkm"))  # token-major (L, T, H, ...) directly
 
     def _vector_flops(self) -> int:
         """d/g products of a g x g block with a g-vector: 2 d g (angle form when g = 2)."""

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from liere.encodings.base import AngleRotation, RotaryEncoding
 
 
-def angles(pos: Tensor, freqs: Tensor) -> Tensor:
-    """pos (N, A), freqs (A, L, H, K) -> angles (L, H, N, K)."""
-    return torch.einsum("na,alhk->lhnk", pos, freqs)
+def angles(pos: Tensor, freqs: Tensor, token_major: bool = False) -> Tensor:
+    """pos (N, A), freqs (A, L, H, K) -> angles (L, H, N, K), or (L, N, H, K) when ``token_major``."""
+    return torch.einsum("na,alhk->lnhk" if token_major else "na,alhk->lhnk", pos, freqs)
 
 
 def angle_blocks(theta: Tensor) -> Tensor:
@@ -48,7 +48,7 @@ class FrequencyRotary(RotaryEncoding):
         return angle_blocks(angles(pos, self.frequencies().float()))
 
     def _state(self, pos: Tensor) -> AngleRotation:
-        theta = angles(pos, self.frequencies().float())
+        theta = angles(pos, self.frequencies().float(), token_major=True)
         return AngleRotation(theta.cos(), theta.sin())
 
 

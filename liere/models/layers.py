@@ -69,14 +69,14 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rotation: RotationState | None, layer: int) -> Tensor:
         B, T, D = x.shape
-        qkv = (
-            self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # (3, B, H, T, d)
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)  # (3, B, T, H, d)
         if rotation is not None:
             qk = rotation.apply(qkv[:2], layer)  # q and k in one call; v is not rotated
             q, k, v = qk[0], qk[1], qkv[2]
         else:
             q, k, v = qkv.unbind(0)
+        # (B, T, H, d) in memory, seen as (B, H, T, d): the layout SDPA's CPU flash kernel reads directly
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, T, D)))
 
