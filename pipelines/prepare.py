@@ -100,6 +100,10 @@ def prepare(
     if bad:
         raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
     src_obj, resize = make_source(source, src, image_size, **source_kwargs)
+    if resize is not None and src_obj.kind == "volume":
+        log.warning("%s: --image-size applies to images; volumes keep their stored shape (use -o shape=...)",
+                    src_obj.name)
+        resize = None
     name = name or src_obj.name
     rows = []
     for split in splits or src_obj.splits():
