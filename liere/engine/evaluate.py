@@ -36,7 +36,7 @@ def evaluate(model, loader, device: torch.device, dtype: torch.dtype = torch.flo
         batch = next(it, None)
         real = batch is not None
         batch = batch if real else last
-        if batch is None:  # this rank has no data at all: run a one-sample placeholder
+        if batch is None:  # this rank got no sample at all: nothing to repeat
             raise RuntimeError("a rank received no evaluation samples; use fewer ranks or a larger split")
         last = batch
         x = batch["input"].to(device, dtype=dtype)

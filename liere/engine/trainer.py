@@ -223,18 +223,15 @@ def run(cfg: DictConfig, dry_run: bool = False) -> dict[str, Any]:
     if tag:
         progress = Progress(**checkpointer.load(engine, tag)["progress"])
         log0(denv, f"resumed from {checkpointer.dir / tag}: step {progress.step}, epoch {progress.epoch}")
-    tracker = (
-        Tracker(
-            denv.is_main,
-            out_dir,
-            cfg.tracking.uri if cfg.tracking.enabled else None,
-            cfg.tracking.experiment,
-            cfg.tracking.run_name,
-            progress.mlflow_run_id,
-            cfg.tracking.system_metrics,
-        )
-        if cfg.tracking.enabled
-        else Tracker(False, out_dir, None, "", "")
+    t = cfg.tracking  # inactive (every call a no-op) on ranks other than 0 and when disabled
+    tracker = Tracker(
+        denv.is_main and t.enabled,
+        out_dir,
+        t.uri,
+        t.experiment,
+        t.run_name,
+        progress.mlflow_run_id,
+        t.system_metrics,
     )
     if denv.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
