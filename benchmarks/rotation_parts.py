@@ -121,7 +121,6 @@ def main() -> None:
     T = 197
     x = torch.randn(2, args.batch, T, H, D_HEAD)  # q and k of one layer, token-major
     R = torch.linalg.matrix_exp(exponents(8)[: T * H * 8].reshape(T, H, 8, 8, 8))
-    state = BlockRotation(R.unsqueeze(0))
     compare(
         "apply liere8 (1 layer) fwd+bwd",
         {
@@ -131,7 +130,6 @@ def main() -> None:
         args.reps,
         rows,
     )
-    del state
     theta = torch.rand(T, H, D_HEAD // 2) * 6
     cos, sin = theta.cos(), theta.sin()
     compare(

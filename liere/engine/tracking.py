@@ -66,6 +66,7 @@ class Tracker:
         self.active, self.offline_dir = active, Path(out_dir) / "mlflow_offline"
         self.run_id: str | None = run_id
         self.online = False
+        self._warned = False  # said once that the server is out of reach (again if it drops mid-run)
         self.uri = resolve_uri(uri)
         if not active:
             return
@@ -88,7 +89,7 @@ class Tracker:
             self._go_offline(f"MLflow at {self.uri} failed: {err}")
 
     def _go_offline(self, reason: str) -> None:
-        if self.online or not hasattr(self, "_warned"):
+        if self.online or not self._warned:
             print(
                 f"[tracking] {reason}; training goes on, metrics are kept in {self.offline_dir}",
                 file=sys.stderr,

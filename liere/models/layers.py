@@ -69,7 +69,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rotation: RotationState | None, layer: int) -> Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)  # (3, B, T, H, d)
+        qkv = (
+            self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
+        )  # (3, B, T, H, d)
         if rotation is not None:
             qk = rotation.apply(qkv[:2], layer)  # q and k in one call; v is not rotated
             q, k, v = qk[0], qk[1], qkv[2]

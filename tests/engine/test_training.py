@@ -17,7 +17,7 @@ from ._train import FAST, command, run_train, summary, train_env
 pytestmark = pytest.mark.slow
 
 
-def mlflow_run(tmp_path, run_id):
+def mlflow_client(tmp_path):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -29,7 +29,7 @@ def test_zero_stages_train_two_ranks_and_the_loss_falls(tmp_path, digits_root, s
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = summary(out)
     assert result["step"] == 30
-    client = mlflow_run(tmp_path, result["mlflow_run_id"])
+    client = mlflow_client(tmp_path)
     losses = [m.value for m in client.get_metric_history(result["mlflow_run_id"], "train/loss")]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.3, losses
     run = client.get_run(result["mlflow_run_id"])
@@ -42,7 +42,7 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
     proc, out = run_train(tmp_path, digits_root, ["train.zero_stage=2", "eval.sizes=[16,32]"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = summary(out)["mlflow_run_id"]
-    client = mlflow_run(tmp_path, run_id)
+    client = mlflow_client(tmp_path)
     run = client.get_run(run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "demo"
