@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )  # deepspeed launcher
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options before, between or after the overrides
 
     from liere.engine.config import ConfigError, load_config
 
@@ -36,7 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from liere.engine.trainer import run
 
-    run(cfg, dry_run=args.dry_run)
+    if args.dry_run:
+        from pipelines.errors import DataError
+
+        try:
+            run(cfg, dry_run=True)
+        except (DataError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    run(cfg)
     return 0
 
 

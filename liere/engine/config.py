@@ -1,7 +1,9 @@
 """The one typed schema for a training run: every knob, its default and what it does.
 
 A run's config is this schema, merged with a YAML file, merged with dotted ``key=value``
-overrides (OmegaConf). A wrong key, type or value fails before any work starts, naming it.
+overrides (OmegaConf). A YAML file may start from another with ``base: other.yaml`` (a path
+relative to the file): the base is merged first, so a variant holds only what it changes. A wrong
+key, type or value fails before any work starts, naming it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
+    randaugment: list[int] | None = None  # [num_ops, magnitude 0-30], e.g. [2, 9] (null: off)
 
 
 @dataclass
@@ -82,8 +85,20 @@ class TrainConfig:
 
 
 @dataclass
+class SparsityConfig:
+    """Learned sparsity: a group-lasso penalty on the LieRE generators, one group per tile."""
+
+    weight: float = 0.0  # penalty weight at full strength (0: off); needs a liere encoding
+    tile: int = 8  # groups are the tile x tile tiles of each (layer, head, axis) generator
+    start_epoch: float = 0.0  # the penalty is 0 before this epoch ...
+    ramp_epochs: float = 0.0  # ... then rises linearly to `weight` over this many epochs
+    threshold: float = 0.05  # report: a tile is active if its norm >= threshold x its generator's largest
+
+
+@dataclass
 class EvalConfig:
     sizes: list[Any] = field(default_factory=list)  # resolution sweep: ints or lists (default: train size)
+    shuffle_patches: bool = False  # also evaluate with the patches of every input randomly permuted
 
 
 @dataclass
@@ -91,6 +106,7 @@ class TrackingConfig:
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "default"  # default: the config file's name
     run_name: str = "run"
+    parent_run_id: str | None = None  # nest the run under this MLflow run (launch/compare.py sets it)
     system_metrics: bool = True  # CPU, memory, GPU utilisation in MLflow
     enabled: bool = True
 
@@ -101,6 +117,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     config_path: str = MISSING  # set by load_config
@@ -144,27 +161,74 @@ def _check_values(cfg: DictConfig) -> None:
         m.encoding,
         f"unknown encoding; expected one of {encodings}",
     )
+    ra = d.randaugment
+    need(
+        ra is None or (len(ra) == 2 and ra[0] >= 1 and 0 <= ra[1] <= 30),
+        "data.randaugment",
+        None if ra is None else list(ra),
+        "expected null or [num_ops >= 1, magnitude 0-30]",
+    )
+    sp = cfg.sparsity
+    need(sp.weight >= 0, "sparsity.weight", sp.weight, "must be >= 0")
+    need(sp.tile >= 1, "sparsity.tile", sp.tile, "must be >= 1")
+    need(
+        sp.weight == 0 or m.encoding.startswith("liere"),
+        "sparsity.weight",
+        sp.weight,
+        f"the penalty acts on LieRE generators; model.encoding is {m.encoding!r}",
+    )
     for size in cfg.eval.sizes:
         ok = isinstance(size, int) or (len(size) == len(m.img_size) and all(isinstance(s, int) for s in size))
         need(ok, "eval.sizes", size, f"each size is an int or a list of {len(m.img_size)} ints")
 
 
+def _read_chain(path: Path) -> list[tuple[Path, DictConfig]]:
+    """The YAML file and its ``base:`` ancestors, the root ancestor first."""
+    chain: list[tuple[Path, DictConfig]] = []
+    seen: list[Path] = []
+    while True:
+        if not path.is_file():
+            via = f" (the base of {seen[-1]})" if seen else ""
+            raise ConfigError(f"config file not found: {path}{via}")
+        if path.resolve() in seen:
+            raise ConfigError(f"{seen[0]}: base chain loops back to {path}")
+        seen.append(path.resolve())
+        try:
+            node = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax
+            raise ConfigError(f"{path}: cannot parse: {err}") from None
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...) at the top")
+        base = node.pop("base", None)
+        chain.insert(0, (path, node))
+        if base is None:
+            return chain
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: key 'base': expected a file name, got {base!r}")
+        path = path.parent / base
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Schema <- YAML file <- dotted overrides; validated and resolved. Raises ConfigError."""
+    """Schema <- base YAML files <- YAML file <- dotted overrides; validated and resolved.
+
+    Raises ConfigError naming the file, key and value.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     schema = OmegaConf.structured(Config)
-    try:
-        schema.tracking.experiment = path.stem
-        file_cfg = OmegaConf.load(path)
-    except Exception as err:  # YAML syntax
-        raise ConfigError(f"{path}: cannot parse: {err}") from None
+    schema.tracking.experiment = path.stem
+    chain = _read_chain(path)
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form key=value (e.g. train.epochs=5)")
+    cfg = schema
+    for file, node in chain:
+        try:
+            cfg = OmegaConf.merge(cfg, node)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None)
+            msg = str(err).splitlines()[0]
+            raise ConfigError(f"{file}: {f'key {key!r}: ' if key else ''}{msg}") from None
     try:
-        cfg = OmegaConf.merge(schema, file_cfg)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         cfg.config_path = str(path.resolve())
         OmegaConf.resolve(cfg)

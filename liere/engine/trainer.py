@@ -180,22 +180,13 @@ def run(cfg: DictConfig, dry_run: bool = False) -> dict[str, Any]:
 
     out_dir = Path(cfg.train.out_dir)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    if dry_run:
+        return _dry_run(cfg, denv)
     loader, info = build_data(cfg, denv)
     spec = model_spec(cfg, info)
     model = liere.create_model(spec["name"], **spec["kwargs"])
     n_params = sum(p.numel() for p in model.parameters())
     flops = liere.count_flops(model)["total"]
-    if dry_run:
-        batch = next(iter(loader))
-        log0(
-            denv,
-            f"config {cfg.config_path}: OK\nmodel {spec['name']} ({cfg.model.encoding}): "
-            f"{n_params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOPs per sample (forward)\n"
-            f"data {cfg.data.dataset}/{cfg.data.train_split} via {cfg.data.backend}: {loader.num_samples_total} "
-            f"samples, first batch input {tuple(batch['input'].shape)} {batch['input'].dtype}, "
-            f"label {tuple(batch['label'].shape)}",
-        )
-        return {"params": n_params, "flops": flops}
 
     steps_per_epoch = len(loader) // cfg.train.grad_accum
     if steps_per_epoch == 0:
@@ -273,6 +264,43 @@ def run(cfg: DictConfig, dry_run: bool = False) -> dict[str, Any]:
         if not isinstance(err, SystemExit):
             tracker.finish("FAILED")
         raise
+
+
+def _dry_run(cfg: DictConfig, denv) -> dict[str, Any]:
+    """Build the model and, when the data is prepared, the first batch; print what a run would be.
+
+    Data that is not prepared yet is reported, not fatal: a recipe can be checked before its data
+    exists, as long as it names its classes and channels (model.num_classes, model.in_chans).
+    """
+    from pipelines.errors import DataError
+
+    m = cfg.model
+    try:
+        loader, info = build_data(cfg, denv)
+    except DataError as err:
+        if m.num_classes is None or m.in_chans is None:
+            raise ValueError(
+                f"{err}\n(a dry run without prepared data needs model.num_classes and model.in_chans)"
+            ) from None
+        loader, info = None, {"channels": m.in_chans, "num_classes": m.num_classes, "spatial_rank": len(m.img_size)}
+        data_line = f"data {cfg.data.dataset}: not prepared yet ({err})"
+    spec = model_spec(cfg, info)
+    model = liere.create_model(spec["name"], **spec["kwargs"])
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = liere.count_flops(model)["total"]
+    if loader is not None:
+        batch = next(iter(loader))
+        data_line = (
+            f"data {cfg.data.dataset}/{cfg.data.train_split} via {cfg.data.backend}: {loader.num_samples_total} "
+            f"samples, first batch input {tuple(batch['input'].shape)} {batch['input'].dtype}, "
+            f"label {tuple(batch['label'].shape)}"
+        )
+    log0(
+        denv,
+        f"config {cfg.config_path}: OK\nmodel {spec['name']} ({m.encoding}): "
+        f"{n_params / 1e6:.2f} M parameters, {flops / 1e9:.3f} GFLOPs per sample (forward)\n{data_line}",
+    )
+    return {"params": n_params, "flops": flops, "data_ready": loader is not None}
 
 
 def train_loop(cfg, denv, device, engine, loader, checkpointer, tracker, progress, total_steps, stop) -> str:
