@@ -2,7 +2,7 @@
 # ViT-B/16 with LieRE-8 on ImageNet-1k: DeepSpeed ZeRO-2 data parallel over N nodes x G GPUs.
 #
 #   sbatch [sbatch options] slurm/imagenet_liere.sh [CONFIG] [key=value ...]
-#   sbatch --nodes=8 slurm/imagenet_liere.sh configs/imagenet_vit_b_liere8.yaml optim.lr=2e-3
+#   sbatch --nodes=8 slurm/imagenet_liere.sh configs/imagenet_vit_b_liere8.yaml data.batch_size=32
 #   sbatch --nodes=2 --gpus-per-node=0 --cpus-per-task=1 slurm/imagenet_liere.sh configs/demo.yaml
 #
 # Submit from the checkout (logs go to slurm/logs/). Site settings (modules, container, Python,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# ViT-B with LieRE-8 on UCF101 video clips (16 x 112 x 112, 2 x 16 x 16 tubelets): 3D positions in
+# ViT-B with LieRE-8 on UCF101 video clips (8 x 224 x 224, 2 x 16 x 16 tubelets): 3D positions in
 # time and space, DeepSpeed ZeRO-2 data parallel over N nodes x G GPUs.
 #
 #   sbatch [sbatch options] slurm/video_ucf101_liere.sh [CONFIG] [key=value ...]
-#   sbatch --nodes=4 slurm/video_ucf101_liere.sh configs/video_ucf101_liere8.yaml train.epochs=100
+#   sbatch --nodes=4 slurm/video_ucf101_liere.sh configs/video_ucf101_liere8.yaml data.batch_size=4
 #
 # Same machinery as slurm/imagenet_liere.sh (slurm/lib.sh); site settings in slurm/site.sh;
 # docs/cluster.md. Prepare the clips first: slurm/prepare_data.sh ucf101 ...
