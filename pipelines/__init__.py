@@ -12,6 +12,7 @@ imported inside the functions that use them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipelines.errors import BadSampleError, DataError
@@ -34,6 +35,7 @@ def build_loader(
     rank: int | None = None,
     world_size: int | None = None,
     seed: int = 0,
+    randaugment: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> Loader:
     """A loader over a prepared split; the same samples, order, labels and batch format for every backend.
@@ -41,13 +43,17 @@ def build_loader(
     Options (kwargs): num_workers, drop_last and shuffle (default: train), mixup_alpha, cutmix_alpha,
     label_smoothing, crop_ratio (evaluation crop; default 0.875 from 128 px up, else 1), scale (random
     resized crop area range), verify (check shard checksums), device (DALI: "cpu", "gpu" or None = auto).
+    `randaugment`: None (off) or [num_ops, magnitude], integers num_ops >= 1 and magnitude 0..30 (strength
+    magnitude / 30 of each op's maximum; pipelines/randaugment.py): RandAugment on 2D training images, every
+    backend; a ValueError for 3D volumes and video when train=True; ignored when train=False.
     `rank`/`world_size` default to torch.distributed's, else RANK/WORLD_SIZE, else 0/1.
     """
     from pipelines import paths
 
     rank, world_size = resolve_rank(rank, world_size)
     common = dict(
-        batch_size=batch_size, train=train, image_size=image_size, rank=rank, world_size=world_size, seed=seed
+        batch_size=batch_size, train=train, image_size=image_size, rank=rank, world_size=world_size, seed=seed,
+        randaugment=randaugment,
     )
     if backend == "webdataset":
         from pipelines.loaders.webdataset import WebDatasetLoader

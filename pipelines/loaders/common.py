@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipelines import transforms as T
+from pipelines.randaugment import parse_randaugment
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Loader:
         crop_ratio: float | None = None,
         scale: tuple[float, float] = (0.08, 1.0),
         num_workers: int | None = None,
+        randaugment: list[int] | tuple[int, int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -92,6 +94,14 @@ class Loader:
         self.label_smoothing = float(label_smoothing)
         self.crop_ratio = float(crop_ratio) if crop_ratio is not None else T.default_crop_ratio(min(self.image_size))
         self.scale = tuple(scale)
+        ra = parse_randaugment(randaugment)
+        if ra is not None and self.train and (info.get("kind") != "image" or self.spatial_rank != 2):
+            raise ValueError(
+                f"randaugment is defined on 2D images ({self.backend} backend); {info.get('name', 'this data set')} holds "
+                f"{info.get('kind')}s with {self.spatial_rank} spatial axes (3D volumes and video have no "
+                "RandAugment); leave randaugment unset (None) for it"
+            )
+        self.randaugment = ra if self.train else None  # (num_ops, magnitude); evaluation never augments
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)

@@ -4,10 +4,13 @@ The encoded samples (JPEG or npy bytes, sliced from the mmapped tars through the
 are fed to the pipeline with `external_source`, so the order, rank partition and resume match the
 other backends exactly. On a machine with a GPU the JPEGs are decoded with DALI's mixed (nvJPEG)
 decoder and every later op runs on the GPU; here everything runs on the CPU (`device_id=None`).
+RandAugment (2D training) is DALI's own `auto_aug.rand_augment` suite, set to randaugment.py's ranges; it
+needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import deque
@@ -22,6 +25,9 @@ from pipelines.loaders.common import Loader
 from pipelines.loaders.shards import ShardReader
 from pipelines.writers.encode import decode_npy
 
+log = logging.getLogger(__name__)
+_CONVERSION_TRIES = 3
+
 
 def _use_gpu(device: str | None) -> bool:
     if device in (None, "auto"):
@@ -31,6 +37,35 @@ def _use_gpu(device: str | None) -> bool:
     if device == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("DALI device='gpu' asked for, but torch sees no CUDA device")
     return device == "gpu"
+
+
+def _forget_unconverted_functions() -> bool:
+    """Empty AutoGraph's record of functions it runs unconverted, so a failed conversion is tried again
+    (a private DALI structure: False where this DALI version lacks it)."""
+    try:
+        from nvidia.dali._autograph.impl import conversion
+
+        conversion._ALLOWLIST_CACHE._cache.clear()
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def _rand_augment(img, num_ops: int, magnitude: int, size: tuple[int, int], gray: bool):
+    """DALI's RandAugment suite on uint8 HWC images, matched to randaugment.py: magnitude bins 0..30, translations
+    up to 0.45 of the image side, gray fill; on 1-channel images `color` (DALI's saturation, which needs three
+    channels) is replaced by the identity, as randaugment.py's `color` is there."""
+    from nvidia.dali.auto_aug import augmentations, rand_augment
+
+    from pipelines import randaugment as RA
+
+    suite = rand_augment.get_rand_augment_suite(use_shape=True, max_translate_rel=0.45)
+    if gray:
+        suite = [augmentations.identity.augmentation(name="color") if a.name == "color" else a for a in suite]
+    assert len(suite) == len(RA.OPS)
+    return rand_augment.apply_rand_augment(
+        suite, img, num_ops, magnitude, num_magnitude_bins=RA.MAX_MAGNITUDE + 1, shape=list(size), fill_value=128
+    )
 
 
 class DALILoader(Loader):
@@ -49,72 +84,92 @@ class DALILoader(Loader):
 
     # ---- pipeline ------------------------------------------------------------------------------
     def _build(self):
-        from nvidia.dali import fn, types
-        from nvidia.dali.pipeline import Pipeline
+        from nvidia.dali import pipeline_def
 
-        kind = self.info["kind"]
-        pipe = Pipeline(
-            batch_size=self.batch_size,
-            num_threads=max(1, self.num_workers),
-            device_id=torch.cuda.current_device() if self.gpu else None,
-            seed=(self.seed * 1000003 + self.rank) % (2**31),
-            prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
-        )
-        with pipe:
-            if kind == "image":
-                enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
-                out_type = types.GRAY if self.channels == 1 else types.RGB
-                dec = "mixed" if self.gpu else "cpu"
-                h, w = self.image_size
-                if self.train:
-                    img = fn.decoders.image_random_crop(
-                        enc, device=dec, output_type=out_type, random_area=list(self.scale),
-                        random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
-                    )
-                    img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
-                    mirror = fn.random.coin_flip(probability=0.5)
-                else:
-                    img = fn.decoders.image(enc, device=dec, output_type=out_type)
-                    shorter = max(1, round(max(h, w) / self.crop_ratio))
-                    img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
-                    mirror = 0
-                out = fn.crop_mirror_normalize(
-                    img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
-                    mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
+        # DALI's RandAugment picks each sample's ops with per-sample `if`s: DALI conditionals, for which
+        # AutoGraph rewrites the graph function's source
+        conditionals = self.randaugment is not None
+        define = pipeline_def(self._graph, enable_conditionals=conditionals)
+        for attempt in range(_CONVERSION_TRIES if conditionals else 1):
+            try:
+                pipe = define(
+                    batch_size=self.batch_size,
+                    num_threads=max(1, self.num_workers),
+                    device_id=torch.cuda.current_device() if self.gpu else None,
+                    seed=(self.seed * 1000003 + self.rank) % (2**31),
+                    prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
                 )
-            else:
-                dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
-                vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
-                if dtype == types.FLOAT16:
-                    vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
-                if self.gpu:
-                    vol = vol.gpu()
-                d, h, w = self.image_size
-                native = self.info["native_size"]
-                if self.train and any(s > n for s, n in zip(self.image_size, native)):
-                    # smaller volumes are upscaled before the crop, as in transforms.volume_transform
-                    scale = max(s / n for s, n in zip(self.image_size, native))
-                    up = [max(s, math.ceil(n * scale)) for s, n in zip(self.image_size, native)]
-                    vol = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
-                    vol = fn.resize(vol, size=up, interp_type=types.INTERP_LINEAR, antialias=False)
-                    vol = fn.transpose(vol, perm=[3, 0, 1, 2], output_layout="CDHW")
-                if self.train:
-                    out = fn.crop(
-                        vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad",
-                        crop_pos_z=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
-                        crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                    )
-                    out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
-                else:
-                    r = self.crop_ratio
-                    dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
-                    dhwc = fn.resize(dhwc, size=[round(d / r), round(h / r), round(w / r)],
-                                     interp_type=types.INTERP_LINEAR, antialias=False)
-                    out = fn.transpose(dhwc, perm=[3, 0, 1, 2], output_layout="CDHW")
-                    out = fn.crop(out, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad")
-            pipe.set_outputs(out)
+                break
+            except TypeError as e:
+                # CPython 3.11 can fail an ast.parse while another thread parses too (e.g. numba compiling for
+                # FFCV: "AST constructor recursion depth mismatch", python/cpython#106905); AutoGraph then runs
+                # the function unconverted (and remembers to), and the first `if` on a DataNode raises.
+                last = attempt == _CONVERSION_TRIES - 1
+                if "conditional context" not in str(e) or last or not _forget_unconverted_functions():
+                    raise
+                log.warning("DALI's AutoGraph could not convert the RandAugment pipeline; converting again")
         pipe.build()
         return pipe
+
+    def _graph(self):
+        """The pipeline's graph (traced by pipeline_def): encoded samples in, the finished batch out."""
+        from nvidia.dali import fn, types
+
+        kind = self.info["kind"]
+        if kind == "image":
+            enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+            out_type = types.GRAY if self.channels == 1 else types.RGB
+            dec = "mixed" if self.gpu else "cpu"
+            h, w = self.image_size
+            if self.train:
+                img = fn.decoders.image_random_crop(
+                    enc, device=dec, output_type=out_type, random_area=list(self.scale),
+                    random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
+                )
+                img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
+                mirror = fn.random.coin_flip(probability=0.5)
+                if self.randaugment is not None:
+                    img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
+            else:
+                img = fn.decoders.image(enc, device=dec, output_type=out_type)
+                shorter = max(1, round(max(h, w) / self.crop_ratio))
+                img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+                mirror = 0
+            out = fn.crop_mirror_normalize(
+                img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
+                mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
+            )
+        else:
+            dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
+            vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
+            if dtype == types.FLOAT16:
+                vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
+            if self.gpu:
+                vol = vol.gpu()
+            d, h, w = self.image_size
+            native = self.info["native_size"]
+            if self.train and any(s > n for s, n in zip(self.image_size, native)):
+                # smaller volumes are upscaled before the crop, as in transforms.volume_transform
+                scale = max(s / n for s, n in zip(self.image_size, native))
+                up = [max(s, math.ceil(n * scale)) for s, n in zip(self.image_size, native)]
+                vol = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
+                vol = fn.resize(vol, size=up, interp_type=types.INTERP_LINEAR, antialias=False)
+                vol = fn.transpose(vol, perm=[3, 0, 1, 2], output_layout="CDHW")
+            if self.train:
+                out = fn.crop(
+                    vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad",
+                    crop_pos_z=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+                    crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                )
+                out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
+            else:
+                r = self.crop_ratio
+                dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
+                dhwc = fn.resize(dhwc, size=[round(d / r), round(h / r), round(w / r)],
+                                 interp_type=types.INTERP_LINEAR, antialias=False)
+                out = fn.transpose(dhwc, perm=[3, 0, 1, 2], output_layout="CDHW")
+                out = fn.crop(out, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad")
+        return out
 
     def _to_torch(self, tl) -> torch.Tensor:
         """Copy a DALI output (its buffers are reused by the next run) into a new torch tensor, once."""

@@ -2,8 +2,10 @@
 
 The sample order is ours (loaders/common.py): each epoch the FFCV loader is pointed at this rank's
 positions with sequential traversal, so order, rank partition and resume match the other backends.
-2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization. 3D: FFCV reads the
-arrays; transforms.py crops and flips them with the same per-sample seeds as the webdataset backend.
+2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization; RandAugment, when asked
+for, runs on the uint8 batch in torch (randaugment.py, in this process) with the same per-sample seeds
+as the webdataset backend. 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
+per-sample seeds as the webdataset backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines import randaugment as RA
 from pipelines import transforms as T
 from pipelines.errors import DataError
 from pipelines.loaders.common import Loader
@@ -106,6 +109,9 @@ class FFCVLoader(Loader):
                 # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
                 if image:
                     x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
+                    if self.randaugment is not None:
+                        x = torch.stack([RA.rand_augment(img, *self.randaugment, RA.sample_rng(self.seed, epoch, int(p)))
+                                         for img, p in zip(x, b)])
                     yield {"input": x, "label": label.clone(), "index": index.clone()}
                 else:
                     vols = [

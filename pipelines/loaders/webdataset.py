@@ -1,5 +1,6 @@
 """The webdataset backend: reads the tar shards by position (mmap + index), decodes with PIL (2D) or
-numpy (3D) in torch DataLoader worker processes, and applies transforms.py's augmentations."""
+numpy (3D) in torch DataLoader worker processes, and applies transforms.py's augmentations (and
+randaugment.py's RandAugment on 2D training images when asked for)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines import randaugment as RA
 from pipelines import transforms as T
 from pipelines.loaders.common import Loader
 from pipelines.loaders.shards import ShardReader
@@ -81,6 +83,7 @@ class _Dataset(torch.utils.data.Dataset):
         self.seed = loader.seed
         self.crop_ratio = loader.crop_ratio
         self.scale = loader.scale
+        self.randaugment = loader.randaugment
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -91,6 +94,8 @@ class _Dataset(torch.utils.data.Dataset):
         data = self.reader.payload(pos)
         if self.kind == "image":
             x = load_image(data, self.channels, self.size, self.train, rng, self.crop_ratio, self.scale)
+            if self.randaugment is not None:  # after the crop and flip, on the uint8 image
+                x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
         else:
             x = load_volume(data, self.size, self.train, rng, self.crop_ratio)
         return x, self.reader.label(pos), self.reader.index(pos)
