@@ -177,6 +177,13 @@ def _check_values(cfg: DictConfig) -> None:
         sp.weight,
         f"the penalty acts on LieRE generators; model.encoding is {m.encoding!r}",
     )
+    need(
+        sp.weight == 0 or t.zero_stage <= 2,
+        "sparsity.weight",
+        sp.weight,
+        "the penalty reads whole generators, which ZeRO-3 partitions: use train.zero_stage <= 2 "
+        "(the encoding's parameters are tiny; stage 3 saves nothing on them)",
+    )
     for size in cfg.eval.sizes:
         ok = isinstance(size, int) or (len(size) == len(m.img_size) and all(isinstance(s, int) for s in size))
         need(ok, "eval.sizes", size, f"each size is an int or a list of {len(m.img_size)} ints")

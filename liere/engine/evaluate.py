@@ -1,7 +1,8 @@
-"""Top-1 / top-5 evaluation over all ranks, and the accuracy-against-resolution sweep."""
+"""Top-1 / top-5 evaluation over all ranks, the accuracy-against-resolution sweep, and patch shuffling."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,59 @@ def _all_ranks_max(n: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def shuffle_patches(x: torch.Tensor, patch_size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Permute the patches of every input (B, C, *spatial) independently; pixels inside a patch stay.
+
+    A model that ignores position is unchanged by this; the drop in accuracy measures how much a
+    model relies on where its patches are. Spatial sizes must be multiples of ``patch_size``.
+    """
+    b, c, *spatial = x.shape
+    n = len(spatial)
+    if len(patch_size) != n or any(s % p for s, p in zip(spatial, patch_size)):
+        raise ValueError(f"input {tuple(spatial)} is not a whole grid of {tuple(patch_size)} patches")
+    grid = [s // p for s, p in zip(spatial, patch_size)]
+    # (B, C, g1, p1, g2, p2, ...) -> (B, g1 g2 ..., C, p1, p2, ...)
+    shape = [b, c] + [v for g, p in zip(grid, patch_size) for v in (g, p)]
+    tiles = x.reshape(shape)
+    order = [0] + [2 + 2 * i for i in range(n)] + [1] + [3 + 2 * i for i in range(n)]
+    tiles = tiles.permute(order).reshape(b, math.prod(grid), c, *patch_size)
+    perm = torch.rand(b, tiles.shape[1], generator=generator).argsort(dim=1).to(x.device)
+    tiles = tiles[torch.arange(b, device=x.device)[:, None], perm]
+    back = tiles.reshape(b, *grid, c, *patch_size)
+    inverse = [0, n + 1] + [v for i in range(n) for v in (1 + i, n + 2 + i)]
+    return back.permute(inverse).reshape(x.shape)
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t.cpu()
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts)
+
+
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+def evaluate(
+    model,
+    loader,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    predictions: bool = False,
+) -> dict[str, Any]:
     """Accuracy and loss over the whole split (ranks hold disjoint parts; sums are all-reduced).
 
     Every rank runs the same number of forward passes (a rank with fewer batches repeats its last
     one and discards it), so ZeRO-3's parameter gathering never waits on a rank that has finished.
+    ``transform`` changes each input batch first (e.g. shuffle_patches); with ``predictions`` the
+    result also holds every sample's "index", "label" and "pred" (top-1), gathered from all ranks.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss, count
     steps = _all_ranks_max(len(loader), device)
     last = None
+    kept: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
     it = iter(loader)
     for _ in range(steps):
         batch = next(it, None)
@@ -40,11 +82,17 @@ def evaluate(model, loader, device: torch.device, dtype: torch.dtype = torch.flo
             raise RuntimeError("a rank received no evaluation samples; use fewer ranks or a larger split")
         last = batch
         x = batch["input"].to(device, dtype=dtype)
+        if transform is not None:
+            x = transform(x)
         logits = model(x).float()
         if not real:
             continue
         y = batch["label"].to(device)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        if predictions:
+            kept["index"].append(batch["index"].cpu())
+            kept["label"].append(y.cpu())
+            kept["pred"].append(top5[:, 0].cpu())
         sums[0] += (top5[:, 0] == y).sum()
         sums[1] += (top5 == y[:, None]).any(dim=1).sum()
         sums[2] += F.cross_entropy(logits, y, reduction="sum")
@@ -53,12 +101,16 @@ def evaluate(model, loader, device: torch.device, dtype: torch.dtype = torch.flo
         dist.all_reduce(sums)
     model.train(was_training)
     n = max(sums[3].item(), 1.0)
-    return {
+    result: dict[str, Any] = {
         "top1": sums[0].item() / n,
         "top5": sums[1].item() / n,
         "loss": sums[2].item() / n,
         "count": int(sums[3].item()),
     }
+    if predictions:
+        for key, parts in kept.items():
+            result[key] = _gather(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long))
+    return result
 
 
 def resolution_sweep(

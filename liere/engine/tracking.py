@@ -62,6 +62,7 @@ class Tracker:
         run_name: str,
         run_id: str | None = None,
         system_metrics: bool = True,
+        parent_run_id: str | None = None,
     ) -> None:
         self.active, self.offline_dir = active, Path(out_dir) / "mlflow_offline"
         self.run_id: str | None = run_id
@@ -81,8 +82,12 @@ class Tracker:
 
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(experiment)
+            parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id and not run_id else None
             run = mlflow.start_run(
-                run_id=run_id, run_name=None if run_id else run_name, log_system_metrics=system_metrics
+                run_id=run_id,
+                run_name=None if run_id else run_name,
+                log_system_metrics=system_metrics,
+                tags=parent,  # a child of a sweep's parent run (launch/compare.py)
             )
             self.run_id, self.online, self._mlflow = run.info.run_id, True, mlflow
         except Exception as err:  # any backend failure must not stop training

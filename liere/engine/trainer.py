@@ -25,8 +25,9 @@ import liere
 from liere.engine import distributed, quiet
 from liere.engine.checkpoint import Checkpointer, consolidated_state_dict
 from liere.engine.config import flatten
-from liere.engine.evaluate import evaluate, resolution_sweep, write_sweep_report
+from liere.engine.evaluate import evaluate, resolution_sweep, shuffle_patches, write_sweep_report
 from liere.engine.optim import build_optimizer, build_scheduler
+from liere.engine.regularizer import SparsityPenalty, reportable, write_report
 from liere.engine.tracking import Tracker, host_tags
 
 EXIT_PREEMPTED = 3  # checkpointed on SIGTERM/SIGUSR1: restart the same command to resume
@@ -41,6 +42,7 @@ class Progress:
     epoch: int = 0
     loader: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    step_times: list[float] = field(default_factory=list)  # seconds per optimizer step, per log window
 
 
 class StopSignal:
@@ -104,6 +106,7 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         cutmix_alpha=d.cutmix,
         label_smoothing=cfg.optim.label_smoothing,
         scale=tuple(d.crop_scale),
+        randaugment=list(d.randaugment) if d.randaugment else None,
     )
     return loader, info
 
@@ -223,6 +226,7 @@ def run(cfg: DictConfig, dry_run: bool = False) -> dict[str, Any]:
         t.run_name,
         progress.mlflow_run_id,
         t.system_metrics,
+        t.parent_run_id,
     )
     if denv.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +339,8 @@ def train_epoch(
 ) -> str:
     """One pass over the loader; returns "epoch_end", "max_steps" or "preempted"."""
     dtype = DTYPES[cfg.train.precision]
-    window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "samples": 0}
+    window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "samples": 0, "penalty": 0.0}
+    penalty = SparsityPenalty(cfg, len(loader) // cfg.train.grad_accum) if cfg.sparsity.weight else None
     engine.train()
     t_wait = time.perf_counter()
     for micro, batch in enumerate(loader, start=1):
@@ -347,9 +352,11 @@ def train_epoch(
             loss = F.cross_entropy(
                 engine(x).float(), batch["label"].to(device), label_smoothing=cfg.optim.label_smoothing
             )
-        engine.backward(loss)
+        extra = penalty(engine.module, progress.step) if penalty else None
+        engine.backward(loss if extra is None else loss + extra)
         engine.step()
         window["loss"] += loss.item()
+        window["penalty"] += 0.0 if extra is None else extra.item()
         window["n"] += 1
         window["samples"] += x.shape[0] * denv.world_size
         if micro % cfg.train.grad_accum == 0:  # an optimizer step happened
@@ -391,6 +398,7 @@ def _log_window(cfg, denv, device, engine, tracker, progress, window, bar) -> No
     if world_size() > 1:
         dist.all_reduce(loss)
     elapsed = time.perf_counter() - window["t0"]
+    progress.step_times.append(elapsed * cfg.train.grad_accum / max(1, window["n"]))
     grad_norm = engine.get_global_grad_norm()
     metrics = {
         "train/loss": loss[0].item() / max(1.0, loss[1].item()),
@@ -401,6 +409,8 @@ def _log_window(cfg, denv, device, engine, tracker, progress, window, bar) -> No
     }
     if grad_norm is not None and math.isfinite(float(grad_norm)):
         metrics["train/grad_norm"] = float(grad_norm)
+    if cfg.sparsity.weight:
+        metrics["train/sparsity_penalty"] = window["penalty"] / max(1, window["n"])
     tracker.log_metrics(metrics, progress.step)
     if bar is not None:
         bar.set_postfix(
@@ -412,7 +422,7 @@ def _log_window(cfg, denv, device, engine, tracker, progress, window, bar) -> No
     if denv.is_main:
         status = {"step": progress.step, "epoch": progress.epoch, **metrics}
         (Path(cfg.train.out_dir) / "status.json").write_text(json.dumps(status))
-    window.update(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), samples=0)
+    window.update(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), samples=0, penalty=0.0)
 
 
 def world_size() -> int:
@@ -439,6 +449,12 @@ def validate(cfg, denv, device, engine, tracker, step: int) -> dict[str, float]:
     return result
 
 
+def step_time(times: list[float]) -> float | None:
+    """Median seconds per optimizer step over the log windows, the first (warm-up) left out."""
+    steady = sorted(times[1:] or times)
+    return steady[len(steady) // 2] if steady else None
+
+
 def _size_name(size) -> str:
     return "x".join(str(s) for s in size)
 
@@ -460,12 +476,25 @@ def finish(cfg, denv, engine, spec, checkpointer, tracker, progress, out_dir: Pa
         "out_dir": str(out_dir),
         "mlflow_run_id": tracker.run_id,
         "sweep": rows,
+        "step_time_s": step_time(progress.step_times),
     }
     for row in rows:
         name = _size_name(row["size"])
         tracker.log_metrics({f"val/top1 {name}": row["top1"], f"val/top5 {name}": row["top5"]}, progress.step)
     main_row = next((r for r in rows if r["size"] == list(cfg.model.img_size)), rows[0])
     tracker.log_metrics({"val/top1": main_row["top1"], "val/top5": main_row["top5"]}, progress.step)
+    if cfg.eval.shuffle_patches:
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        patch = engine.module.patch_size
+        shuffled = evaluate(
+            engine, eval_loader(cfg, denv, list(cfg.model.img_size)), next(engine.parameters()).device,
+            dtype, transform=lambda x: shuffle_patches(x, patch, gen),
+        )  # fmt: skip
+        summary["shuffled"] = {k: shuffled[k] for k in ("top1", "top5", "loss", "count")}
+        tracker.log_metrics({"val/top1 shuffled": shuffled["top1"]}, progress.step)
+        log0(denv, f"eval with shuffled patches: top-1 {100 * shuffled['top1']:.2f}%")
+    if summary["step_time_s"] is not None:
+        tracker.log_metrics({"train/step_time_s": summary["step_time_s"]}, progress.step)
     if denv.is_main:
         table, plot = write_sweep_report(
             rows, out_dir, title=f"{spec['name']} {cfg.model.encoding} on {cfg.data.dataset}"
@@ -476,6 +505,15 @@ def finish(cfg, denv, engine, spec, checkpointer, tracker, progress, out_dir: Pa
         )
         for artifact in (table, plot, weights):
             tracker.log_artifact(artifact)
+        exported = liere.load_model(weights)  # whole parameters whatever the ZeRO stage
+        summary["params"] = sum(p.numel() for p in exported.parameters())
+        summary["gflops"] = liere.count_flops(exported)["total"] / 1e9
+        if reportable(exported, cfg.sparsity.tile):
+            report, md = write_report(exported, cfg, out_dir)
+            summary["sparsity"] = {k: report[k] for k in ("tile", "off_diagonal_active", "diagonal_active")}
+            tracker.log_metrics({"sparsity/off_diagonal_active": report["off_diagonal_active"]}, progress.step)
+            tracker.log_artifact(md)
+            print("\n" + md.read_text(), flush=True)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         tracker.log_artifact(out_dir / "summary.json")
         summary["weights"] = str(weights)

@@ -1,0 +1,78 @@
+"""The learned-sparsity penalty on LieRE generators: group norms, gradient, report, schedule."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import liere
+from liere.encodings.sparsity import group_penalty, report_markdown, sparsity_report, tile_group_norms
+from liere.engine.regularizer import SparsityPenalty
+
+
+def dense_model(**kw):
+    return liere.create_model(
+        "vit_micro_patch4", encoding="liere64", img_size=[16, 16], num_classes=10, in_chans=1, **kw
+    )
+
+
+def test_group_norms_are_the_norms_of_each_tile_pair_over_axes():
+    gen = dense_model().encoding.generator_matrices()  # (axes, L, H, K, 64, 64)
+    norms = tile_group_norms(gen, 8)
+    assert norms.shape == (6, 2, 1, 8, 8)
+    i, j = 2, 5
+    pair = gen[:, 3, 1, 0, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].square().sum() * 2  # (i,j) and (j,i)
+    assert norms[3, 1, 0, i, j].item() == pytest.approx(pair.sqrt().item(), rel=1e-5)
+    diag = gen[:, 3, 1, 0, 8 * i : 8 * i + 8, 8 * i : 8 * i + 8].square().sum()
+    assert norms[3, 1, 0, i, i].item() == pytest.approx(diag.sqrt().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="must divide"):
+        tile_group_norms(gen, 7)
+
+
+def test_penalty_reaches_every_generator_and_pulls_towards_zero():
+    enc = dense_model().encoding
+    penalty = group_penalty(enc, 8)
+    penalty.backward()
+    g = enc.upper.grad
+    assert g.abs().gt(0).float().mean() > 0.99  # every entry belongs to a group
+    # the subgradient of a norm points along the parameters: a step against it shrinks every group
+    with torch.no_grad():
+        before = tile_group_norms(enc.generator_matrices(), 8)
+        enc.upper -= 1e-3 * g
+        after = tile_group_norms(enc.generator_matrices(), 8)
+    assert bool((after < before).all())
+
+
+def test_report_counts_the_tiles_that_were_zeroed():
+    enc = dense_model(encoding_options={"init": "small"}).encoding
+    with torch.no_grad():
+        full = enc.generator_matrices()
+        keep = torch.zeros(64, 64, dtype=torch.bool)
+        for b in range(8):  # keep only the 8 x 8 diagonal tiles: LieRE-8's structure
+            keep[8 * b : 8 * b + 8, 8 * b : 8 * b + 8] = True
+        masked = torch.where(keep, full, torch.zeros(()))
+        rows, cols = enc._rows, enc._cols
+        enc.upper.copy_(masked[..., rows, cols])
+    report = sparsity_report(enc, tile=8, threshold=0.05)
+    assert report["off_diagonal_active"] == 0.0
+    assert report["diagonal_active"] == 1.0
+    assert len(report["layers"]) == 6
+    text = report_markdown(report)
+    assert "| all | 0.0 | 100.0 |" in text
+
+
+def test_only_liere_encodings_have_a_penalty():
+    model = liere.create_model("vit_micro_patch4", encoding="rope_mixed", img_size=[16, 16], num_classes=10)
+    with pytest.raises(TypeError, match="LieRE"):
+        group_penalty(model.encoding, 8)
+
+
+def test_schedule_waits_then_ramps_linearly():
+    cfg = OmegaConf.create({"sparsity": {"weight": 0.1, "tile": 8, "start_epoch": 1, "ramp_epochs": 2}})
+    s = SparsityPenalty(cfg, steps_per_epoch=10)
+    assert s.factor(0) == 0.0 and s.factor(9) == 0.0
+    assert s.factor(10) == pytest.approx(0.1 / 20)
+    assert s.factor(19) == pytest.approx(0.05)
+    assert s.factor(29) == pytest.approx(0.1) and s.factor(100) == pytest.approx(0.1)
+    model = dense_model()
+    assert s(model, 0) is None
+    assert s(model, 50).item() == pytest.approx(0.1 * group_penalty(model.encoding, 8).item(), rel=1e-5)
