@@ -41,7 +41,8 @@ def build_loader(
     """A loader over a prepared split; the same samples, order, labels and batch format for every backend.
 
     Options (kwargs): num_workers, drop_last and shuffle (default: train), mixup_alpha, cutmix_alpha,
-    label_smoothing, crop_ratio (evaluation crop; default 0.875 from 128 px up, else 1), scale (random
+    label_smoothing, crop_ratio (evaluation crop; default 0.875 from 128 px up, else 1), flip (random left-right
+    flips in training, default True; off for data whose labels tell left from right), scale (random
     resized crop area range), verify (check shard checksums), device (DALI: "cpu", "gpu" or None = auto).
     `randaugment`: None (off) or [num_ops, magnitude], integers num_ops >= 1 and magnitude 0..30 (strength
     magnitude / 30 of each op's maximum; pipelines/randaugment.py): RandAugment on 2D training images, every

@@ -100,15 +100,16 @@ def volume_transform(
     train: bool,
     rng: np.random.Generator,
     crop_ratio: float = 1.0,
+    allow_flip: bool = True,
 ) -> torch.Tensor:
-    """Training: random crop to `size` (after an upscale if the volume is smaller) and a random flip of
-    the last (left-right) axis. Evaluation: resize to size / crop_ratio, then center crop to `size`."""
+    """Training: random crop to `size` (after an upscale if the volume is smaller) and (``allow_flip``) a
+    random flip of the last (left-right) axis. Evaluation: resize to size / crop_ratio, then center crop to `size`."""
     if train:
         scale = max(s / h for s, h in zip(size, vol.shape[1:]))
         if scale > 1:
             vol = resize_volume(vol, tuple(max(s, math.ceil(h * scale)) for s, h in zip(size, vol.shape[1:])))
         vol = crop_volume(vol, size, rng)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and allow_flip:  # drawn either way: the other draws stay the same
             vol = vol.flip(-1)
         return vol
     vol = resize_volume(vol, tuple(round(s / crop_ratio) for s in size))

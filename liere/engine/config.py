@@ -49,6 +49,7 @@ class DataConfig:
     eval_batch_size: int | None = None  # default: batch_size
     workers: int = 2  # loader worker processes per rank
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    flip: bool = True  # random left-right flips in training (off when labels tell left from right)
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
     randaugment: list[int] | None = None  # [num_ops, magnitude 0-30], e.g. [2, 9] (null: off)

@@ -107,6 +107,7 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         label_smoothing=cfg.optim.label_smoothing,
         scale=tuple(d.crop_scale),
         randaugment=list(d.randaugment) if d.randaugment else None,
+        flip=d.flip,
     )
     return loader, info
 

@@ -1,4 +1,4 @@
-"""The registered presets: ``vit_{size}_patch{p}`` for sizes micro..large and patches 4, 8, 16."""
+"""The registered presets: ``vit_{size}_patch{p}`` for sizes nano..large and patches 4, 8, 16."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from liere.models.vit import VisionTransformer
 
 # size: (embed_dim, depth, num_heads); head dim 64 everywhere, so liere64 is dense at every size.
 SIZES = {
+    "nano": (128, 3, 2),  # CPU-scale sweeps: the compass benchmarks
     "micro": (128, 6, 2),  # CPU-scale: demo and tests
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),

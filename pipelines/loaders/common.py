@@ -74,6 +74,7 @@ class Loader:
         scale: tuple[float, float] = (0.08, 1.0),
         num_workers: int | None = None,
         randaugment: list[int] | tuple[int, int] | None = None,
+        flip: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -94,6 +95,7 @@ class Loader:
         self.label_smoothing = float(label_smoothing)
         self.crop_ratio = float(crop_ratio) if crop_ratio is not None else T.default_crop_ratio(min(self.image_size))
         self.scale = tuple(scale)
+        self.flip = bool(flip) and self.train  # random left-right flips (off where labels know left from right)
         ra = parse_randaugment(randaugment)
         if ra is not None and self.train and (info.get("kind") != "image" or self.spatial_rank != 2):
             raise ValueError(

@@ -127,7 +127,7 @@ class DALILoader(Loader):
                     random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
                 )
                 img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
-                mirror = fn.random.coin_flip(probability=0.5)
+                mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
                 if self.randaugment is not None:
                     img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
             else:
@@ -161,7 +161,8 @@ class DALILoader(Loader):
                     crop_pos_z=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
                     crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
                 )
-                out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
+                if self.flip:
+                    out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
             else:
                 r = self.crop_ratio
                 dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")

@@ -62,7 +62,8 @@ class FFCVLoader(Loader):
         if self.info["kind"] == "image":
             size = self.image_size
             if self.train:
-                ops = [RandomResizedCropRGBImageDecoder(size, scale=self.scale), RandomHorizontalFlip()]
+                ops = [RandomResizedCropRGBImageDecoder(size, scale=self.scale)]
+                ops += [RandomHorizontalFlip()] if self.flip else []
             else:
                 ops = [CenterCropRGBImageDecoder(size, ratio=self.crop_ratio)]
             # uint8 out, normalized by torch into a new tensor: 1.6x faster here than FFCV's NormalizeImage plus
@@ -116,7 +117,7 @@ class FFCVLoader(Loader):
                 else:
                     vols = [
                         T.volume_transform(v, self.image_size, self.train,
-                                           np.random.default_rng([self.seed, epoch, int(p)]), self.crop_ratio)
+                                           np.random.default_rng([self.seed, epoch, int(p)]), self.crop_ratio, self.flip)
                         for v, p in zip(x, b)
                     ]
                     yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}

@@ -28,10 +28,11 @@ def load_image(
     rng: np.random.Generator,
     crop_ratio: float,
     scale: tuple[float, float],
+    allow_flip: bool = True,
 ) -> torch.Tensor:
     """Decode a JPEG and crop+resize it in one PIL resize: uint8 (C, H, W).
 
-    Training: Inception random-resized crop and a horizontal flip with probability 1/2. Evaluation: the
+    Training: Inception random-resized crop and (``allow_flip``) a horizontal flip with probability 1/2. Evaluation: the
     centered square of side crop_ratio * shorter side, resized to `size`. Large JPEGs are decoded at a
     reduced DCT scale (PIL's draft) when the crop still has at least `size` pixels.
     """
@@ -42,7 +43,7 @@ def load_image(
     w, h = img.size
     if train:
         top, left, ch, cw = T.random_resized_crop_box(h, w, rng, scale)
-        flip = rng.random() < 0.5
+        flip = rng.random() < 0.5 and allow_flip  # drawn either way: the other draws stay the same
     else:
         top, left, ch, cw = T.center_crop_box(h, w, crop_ratio)
         flip = False
@@ -64,11 +65,16 @@ def load_image(
 
 
 def load_volume(
-    data: bytes | memoryview, size: tuple[int, int, int], train: bool, rng: np.random.Generator, crop_ratio: float
+    data: bytes | memoryview,
+    size: tuple[int, int, int],
+    train: bool,
+    rng: np.random.Generator,
+    crop_ratio: float,
+    allow_flip: bool = True,
 ) -> torch.Tensor:
     """Decode an npy volume (C, D, H, W) and crop/flip (training) or resize and center crop (evaluation)."""
     vol = torch.from_numpy(decode_npy(data).copy())
-    return T.volume_transform(vol, size, train, rng, crop_ratio).contiguous()
+    return T.volume_transform(vol, size, train, rng, crop_ratio, allow_flip).contiguous()
 
 
 class _Dataset(torch.utils.data.Dataset):
@@ -83,6 +89,7 @@ class _Dataset(torch.utils.data.Dataset):
         self.seed = loader.seed
         self.crop_ratio = loader.crop_ratio
         self.scale = loader.scale
+        self.flip = loader.flip
         self.randaugment = loader.randaugment
 
     def __len__(self) -> int:
@@ -93,11 +100,11 @@ class _Dataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, pos])
         data = self.reader.payload(pos)
         if self.kind == "image":
-            x = load_image(data, self.channels, self.size, self.train, rng, self.crop_ratio, self.scale)
+            x = load_image(data, self.channels, self.size, self.train, rng, self.crop_ratio, self.scale, self.flip)
             if self.randaugment is not None:  # after the crop and flip, on the uint8 image
                 x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
         else:
-            x = load_volume(data, self.size, self.train, rng, self.crop_ratio)
+            x = load_volume(data, self.size, self.train, rng, self.crop_ratio, self.flip)
         return x, self.reader.label(pos), self.reader.index(pos)
 
 
