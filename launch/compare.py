@@ -248,7 +248,7 @@ def run_slurm(args, runs: list[Run], config: str, sweep: str, parent_id: str | N
     todo = [r for r in runs if not (r.out_dir / "summary.json").is_file()]
     if not todo:
         return True
-    executor = submit.make_executor(sargs, out / "submitit" / "%A_%a", sweep)
+    executor = submit.make_executor(sargs, out / "submitit" / "%j", sweep)
     executor.update_parameters(name=sargs.job_name or sweep)
     with executor.batch():
         jobs = [

@@ -123,6 +123,7 @@ def evaluate_checkpoint(
             loader = pipelines.build_loader(
                 backend, root=root, dataset=dataset, split=split, batch_size=batch_size, train=False,
                 image_size=size, rank=0, world_size=1, seed=seed, num_workers=workers,
+                crop_ratio=cfg.data.get("eval_crop_ratio") if cfg else None,
             )  # fmt: skip
             gen = torch.Generator().manual_seed(seed)
             transform = (lambda x, g=gen: shuffle_patches(x, model.patch_size, g)) if shuffled else None

@@ -35,6 +35,8 @@ class ModelConfig:
     num_classes: int | None = None  # default: the data set's classes
     global_pool: str = "token"  # token (class token) or avg
     drop_path_rate: float = 0.0  # stochastic depth at the last block (linear from 0)
+    drop_rate: float = 0.0  # dropout after the embedding, on attention and MLP outputs, before the head
+    attn_drop_rate: float = 0.0  # dropout on the attention probabilities
     grad_checkpointing: bool = False  # recompute blocks in backward to save memory
 
 
@@ -47,6 +49,7 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 64  # per rank and micro step
     eval_batch_size: int | None = None  # default: batch_size
+    eval_crop_ratio: float | None = None  # evaluation center crop / resize (default: 0.875 from 128 px up, else 1)
     workers: int = 2  # loader worker processes per rank
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
     flip: bool = True  # random left-right flips in training (off when labels tell left from right)

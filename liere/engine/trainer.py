@@ -132,6 +132,7 @@ def eval_loader(cfg: DictConfig, denv, size: list[int]):
         world_size=denv.world_size,
         seed=cfg.train.seed,
         num_workers=d.workers,
+        crop_ratio=d.eval_crop_ratio,
     )
 
 
@@ -146,6 +147,8 @@ def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
         "num_classes": m.num_classes or int(info["num_classes"]),
         "global_pool": m.global_pool,
         "drop_path_rate": m.drop_path_rate,
+        "drop_rate": m.drop_rate,
+        "attn_drop_rate": m.attn_drop_rate,
         "grad_checkpointing": m.grad_checkpointing,
     }
     if m.patch_size is not None:

@@ -361,3 +361,30 @@ def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, 
         subprocess.run(["scancel", job_id])
     wait_job(job_id, lambda i: i.get("JobState") in FINAL, 60, log)
     assert not uri_file.exists()  # the address is withdrawn with the server
+
+
+def test_compare_runs_its_sweep_as_a_slurm_array_and_reports(slurm_cluster, digits_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "launch/compare.py", "configs/demo.yaml", "--encodings", "ape,rope_mixed", "--seeds", "1",
+        "--sizes", "16", "--out", str(sweep), "--bootstrap", "200",
+        "--slurm", "--nodes 1 --gpus-per-node 0 --cpus-per-task 1 --time 10",
+        *fast(digits_root, tmp_path / "ignored", steps=6), "train.precision=fp32",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=job_env(tmp_path), capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    array = re.search(r"submitted 2 runs as Slurm array (\d+) \(slurm\)", proc.stdout).group(1)
+    assert re.search(rf"{array}_0: ape-s0", proc.stdout) and re.search(
+        rf"{array}_1: rope_mixed-s0", proc.stdout
+    )
+    report = json.loads((sweep / "report.json").read_text())
+    assert [a["finished"] for a in report["arms"]] == [1, 1]
+    for name in ("ape-s0", "rope_mixed-s0"):  # each task trained its own run in the sweep's folder
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        assert summary["step"] == 6
+        run = mlflow_client(tmp_path).get_run(summary["mlflow_run_id"])
+        assert (
+            run.data.tags["mlflow.parentRunId"]
+            == json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+        )
+        assert run.data.tags["slurm_job_id"]  # launched by Slurm

@@ -1,0 +1,103 @@
+"""Encoding sweeps end to end: launch/compare.py and launch/evaluate.py on real runs and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ._train import DEMO, FAST, REPO, train_env
+
+pytestmark = pytest.mark.slow
+COMPARE = REPO / "launch" / "compare.py"
+EVALUATE = REPO / "launch" / "evaluate.py"
+TINY = [o for o in FAST if not o.startswith(("train.max_steps", "eval.sizes"))] + [
+    "train.max_steps=4",
+    "train.precision=fp32",
+    "train.zero_stage=0",
+]
+
+
+def compare(tmp_path, digits_root, *extra, timeout=600):
+    cmd = [
+        sys.executable, str(COMPARE), str(DEMO), "--encodings", "ape,liere64", "--seeds", "2",
+        "--sizes", "16", "24", "--out", str(tmp_path / "sweep"), "--bootstrap", "300",
+        f"data.root={digits_root}", *TINY, *extra,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_root):
+    from mlflow.tracking import MlflowClient
+
+    proc = compare(tmp_path, digits_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    report = json.loads((sweep / "report.json").read_text())
+    arms = {a["label"]: a for a in report["arms"]}
+    assert list(arms) == ["ape", "liere64"] and report["reference"] == "ape"
+    for arm in arms.values():
+        assert arm["finished"] == 2 and len(arm["evals"]["16x16"]["seeds"]) == 2
+        assert set(arm["evals"]) == {"16x16", "16x16 shuffled", "24x24", "24x24 shuffled"}
+        lo, hi = arm["top1_ci95"]
+        assert 0 <= lo <= arm["top1_mean"] <= hi <= 1
+        assert arm["params"] > 0 and arm["step_time_s"] > 0
+    assert "delta_ci95" in arms["liere64"] and "delta_ci95" not in arms["ape"]
+    assert arms["liere64"]["sparsity_tile"] == 8  # dense generators get a sparsity report
+    text = (sweep / "report.md").read_text()
+    assert "| liere64 |" in text and "Δ vs ape" in text and (sweep / "accuracy_vs_resolution.png").is_file()
+
+    # the seed-averaged accuracy the report gives is the one in the saved predictions
+    preds = [np.load(sweep / f"ape-s{s}" / "compare_eval" / "predictions.npz")["16x16"] for s in (0, 1)]
+    acc = np.mean([(p[1] == p[2]).mean() for p in preds])
+    assert arms["ape"]["top1_mean"] == pytest.approx(acc)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent_id = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "top1/liere64" in parent.data.metrics
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert len(children) == 4
+    assert all("eval/top1 24x24 shuffled" in c.data.metrics for c in children)
+    assert {c.data.params["model.encoding"] for c in children} == {"ape", "liere64"}
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"report.md", "report.json"} <= artifacts
+
+    # run again: nothing retrains, the same parent run is reused
+    again = compare(tmp_path, digits_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier, kept") == 4
+    assert json.loads((sweep / "sweep.json").read_text())["parent_run_id"] == parent_id
+
+    # evaluate.py on one run: resolutions, shuffling, its own output folder
+    out = tmp_path / "eval"
+    ev = subprocess.run(
+        [sys.executable, str(EVALUATE), str(sweep / "liere64-s0"), "--sizes", "16", "32", "--shuffle", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    rows = json.loads((out / "eval.json").read_text())["rows"]
+    assert [(r["size"], r["shuffled"]) for r in rows] == [
+        ([16, 16], False), ([16, 16], True), ([32, 32], False), ([32, 32], True),
+    ]  # fmt: skip
+    assert all(r["count"] == 360 for r in rows)
+    assert "Patches shuffled at 16x16" in (out / "eval.md").read_text()
+
+
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, digits_root):
+    proc = compare(tmp_path, digits_root, "--variant", "broken:model.encoding=nope")
+    assert proc.returncode == 2 and "nope" in proc.stderr and not (tmp_path / "sweep").exists()
+    proc = compare(tmp_path, digits_root, "--variant", "no-overrides")
+    assert proc.returncode == 2 and "LABEL:KEY=VALUE" in proc.stderr
+    missing = subprocess.run(
+        [sys.executable, str(EVALUATE), str(tmp_path / "nowhere"), "--sizes", "16"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
