@@ -227,7 +227,7 @@ def run_local(args, runs: list[Run], config: str, sweep: str, parent_id: str | N
         with open(run.out_dir / "train.log", "a") as log:
             log.write("$ " + shlex.join(cmd) + "\n")
             log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)  # in the caller's directory
         if rc != 0:
             tail = (run.out_dir / "train.log").read_text().splitlines()[-15:]
             run.error = f"exit status {rc}"
@@ -249,7 +249,6 @@ def run_slurm(args, runs: list[Run], config: str, sweep: str, parent_id: str | N
     if not todo:
         return True
     executor = submit.make_executor(sargs, out / "submitit" / "%j", sweep)
-    executor.update_parameters(name=sargs.job_name or sweep)
     with executor.batch():
         jobs = [
             executor.submit(submit.Trainer(config, run_overrides(args, r, sweep, parent_id), str(r.out_dir)))
