@@ -170,7 +170,7 @@ def test_bad_constructor_arguments_are_named():
 
 def test_registry_presets_have_the_expected_sizes():
     names = liere.list_models()
-    assert len(names) == 15 and liere.list_models("vit_small_*") == [
+    assert len(names) == 18 and liere.list_models("vit_small_*") == [
         "vit_small_patch16",
         "vit_small_patch4",
         "vit_small_patch8",
