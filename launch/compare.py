@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace, out: Path) -> list[Run]:
-    """The runs: encodings first (in the order given), then variants; seeds 0..N-1 each."""
+    """The runs, seed by seed: every arm (encodings in the order given, then variants) with seed 0,
+    then every arm with seed 1, ...: a sweep stopped early has compared every arm already."""
     arms: list[tuple[str, list[str]]] = [(e, [f"model.encoding={e}"]) for e in args.encodings.split(",") if e]
     for v in args.variant:
         label, sep, rest = v.partition(":")
@@ -107,8 +108,8 @@ def plan(args: argparse.Namespace, out: Path) -> list[Run]:
         raise ValueError(f"--seeds {args.seeds}: must be >= 1")
     return [
         Run(label, seed, [*ov, f"train.seed={seed}"], out / f"{label}-s{seed}")
-        for label, ov in arms
         for seed in range(args.seeds)
+        for label, ov in arms
     ]
 
 
