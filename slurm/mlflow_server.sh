@@ -50,11 +50,11 @@ trap 'exit 0' TERM INT
 
 for _ in $(seq 180); do
     if "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$uri" 2>/dev/null; then
-        mkdir -p "$(dirname "$uri_file")"
-        echo "$uri" >"$uri_file"
         echo "[$(date -u +%FT%TZ)] MLflow tracking server up, store $store"
         echo "export MLFLOW_TRACKING_URI=$uri    # for the training jobs (also in $uri_file)"
         echo "UI: $uri  (from a laptop: ssh -L $port:$host:$port <login node>, then http://127.0.0.1:$port)"
+        mkdir -p "$(dirname "$uri_file")"
+        echo "$uri" >"$uri_file.tmp" && mv "$uri_file.tmp" "$uri_file"  # published last, whole: the "ready" signal
         break
     fi
     if ! kill -0 "$server" 2>/dev/null; then echo "error: the MLflow server exited; see above" >&2; exit 1; fi
