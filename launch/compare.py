@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     from launch.evaluate import parse_size
 
     sizes = [parse_size(s) for s in args.sizes] if args.sizes else (list(base.eval.sizes) or None)
+    train_size = list(base.model.img_size)
+    if sizes and not any(_same_size(train_size, [s] if isinstance(s, int) else list(s)) for s in sizes):
+        sizes = [train_size, *sizes]  # the report's main numbers are at the training size
     out.mkdir(parents=True, exist_ok=True)
     parent = Parent(base, out, sweep, args)
     config = str(Path(args.config).resolve())
