@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def size_name(size: Sequence[int]) -> str:
+    """How a size is written in metric names, reports and file names: 16x16, 8x112x112."""
+    return "x".join(str(s) for s in size)
+
+
+def per_axis_sizes(sizes: Sequence[Any], axes: int) -> list[list[int]]:
+    """Evaluation sizes one number per axis: ``48`` -> ``[48, 48]`` for a 2D model; lists are checked."""
+    out = [[s] * axes if isinstance(s, int) else list(s) for s in sizes]
+    for s in out:
+        if len(s) != axes:
+            raise ValueError(f"size {s} has {len(s)} axes; the model takes {axes}")
+    return out
+
+
+def result_line(name: str, result: dict[str, Any]) -> str:
+    """The line printed for one evaluation: top-1, top-5, loss and sample count."""
+    return (
+        f"eval {name}: top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+        f"loss {result['loss']:.4f}  ({result['count']} samples)"
+    )
 
 
 def _all_ranks_max(n: int, device: torch.device) -> int:
@@ -123,16 +145,14 @@ def resolution_sweep(
         result = evaluate(model, make_loader(size), device, dtype)
         rows.append({"size": list(size), **result})
         if denv.is_main:
-            print(
-                f"eval {'x'.join(map(str, size))}: top-1 {100 * result['top1']:.2f}%  "
-                f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['count']} samples)",
-                flush=True,
-            )
+            print(result_line(size_name(size), result), flush=True)
     return rows
 
 
-def write_sweep_report(rows: list[dict[str, Any]], out_dir: Path, title: str) -> tuple[Path, Path]:
-    """A markdown table and a plot of accuracy against evaluation resolution."""
+def write_sweep_report(
+    rows: list[dict[str, Any]], out_dir: Path, title: str, *, stem: str = "eval_resolution"
+) -> tuple[Path, Path]:
+    """A markdown table and a plot of accuracy against evaluation resolution: ``stem``.md and .png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         f"### {title}",
@@ -142,10 +162,10 @@ def write_sweep_report(rows: list[dict[str, Any]], out_dir: Path, title: str) ->
     ]
     for r in rows:
         lines.append(
-            f"| {'x'.join(map(str, r['size']))} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | "
+            f"| {size_name(r['size'])} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | "
             f"{r['loss']:.4f} | {r['count']} |"
         )
-    table = out_dir / "eval_resolution.md"
+    table = out_dir / f"{stem}.md"
     table.write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -163,7 +183,7 @@ def write_sweep_report(rows: list[dict[str, Any]], out_dir: Path, title: str) ->
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    plot = out_dir / "eval_resolution.png"
+    plot = out_dir / f"{stem}.png"
     fig.savefig(plot)
     plt.close(fig)
     return table, plot
