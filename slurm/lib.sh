@@ -1,10 +1,19 @@
 # Machinery shared by the templates in slurm/: site settings, rendezvous, ranks per node, the srun
-# line, and requeue after a checkpoint. Sourced (not run) once a template has found LIERE_ROOT.
+# line, and requeue after a checkpoint; a training template is its #SBATCH header and a call of
+# liere_train. Sourced (not run): sbatch runs a spooled copy of a template, so each finds this file
+# from the path submitted (`scontrol show job`), else its $0, else the submit directory, or from
+# LIERE_ROOT when that is set.
 # shellcheck shell=bash
 
 liere_log() { echo "[$(date -u +%FT%TZ)] $*"; }
 liere_die() { echo "[$(date -u +%FT%TZ)] error: $*" >&2; exit 2; }
 
+# The ranks' exit status after they checkpointed on SIGTERM/SIGUSR1: restart to resume. The same
+# number as the engine's EXIT_PREEMPTED (liere/engine/trainer.py); exported for slurm/node_launch.sh.
+export LIERE_EXIT_PREEMPTED=3
+
+# the checkout is the folder above this file (an absolute path: the job changes directory)
+LIERE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ -n ${SLURM_JOB_ID:-} ]] || liere_die "not inside a Slurm job: submit with sbatch (or run inside salloc)"
 cd "$LIERE_ROOT"
 # shellcheck source=slurm/site.sh
@@ -47,8 +56,8 @@ liere_resolve_config() {
 # liere_train DEFAULT_CONFIG [CONFIG] [key=value ...] [--dry-run]
 # Trains on every node of the job. The run is named RUN_NAME (default: job name and job id, which
 # a requeued job keeps), so a requeued job finds its checkpoints/latest and MLflow run again.
-# Exit status 3 from the ranks (checkpointed after a signal) requeues the job unless Slurm is
-# already ending it (preemption, `scontrol requeue`, scancel): then Slurm decides what follows.
+# Exit status LIERE_EXIT_PREEMPTED from the ranks (checkpointed after a signal) requeues the job unless
+# Slurm is already ending it (preemption, `scontrol requeue`, scancel): then Slurm decides what follows.
 liere_train() {
     local config=$1
     shift
@@ -89,7 +98,7 @@ liere_train() {
     case $rc in
         0)
             liere_log "training finished" ;;
-        3)
+        "$LIERE_EXIT_PREEMPTED")
             if [[ -n $LIERE_TERMINATED ]]; then
                 liere_log "ranks checkpointed; Slurm is ending the job (a requeued job resumes from the checkpoint)"
             else

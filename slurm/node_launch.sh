@@ -4,14 +4,16 @@
 # WORLD_SIZE and the job's MASTER_ADDR/MASTER_PORT, the variables launch/train.py reads. It exits
 # the way the ranks did, which is what the batch script acts on:
 #   0  every rank finished;
-#   3  the ranks checkpointed after SIGTERM/SIGUSR1 (the engine's status): requeue to resume;
+#   LIERE_EXIT_PREEMPTED (slurm/lib.sh) the ranks checkpointed after SIGTERM/SIGUSR1: requeue to
+#      resume;
 #   N  the status of the first rank that failed (128 + signal if it was killed), after stopping
 #      this node's other ranks; srun --kill-on-bad-exit then stops the other nodes.
-# Unlike torchrun it passes SIGUSR1 on, keeps the engine's status 3, and gives a checkpoint in
+# Unlike torchrun it passes SIGUSR1 on, keeps the engine's status, and gives a checkpoint in
 # progress as long as Slurm does (KillWait) instead of its own 30 s.
 set -euo pipefail
 
 : "${MASTER_ADDR:?set by slurm/lib.sh}" "${MASTER_PORT:?set by slurm/lib.sh}"
+preempted=${LIERE_EXIT_PREEMPTED:?set by slurm/lib.sh}
 nproc=${PROCS_PER_NODE:-1}
 node=${SLURM_NODEID:?run me under srun}
 nnodes=${SLURM_STEP_NUM_NODES:-${SLURM_NNODES:-1}}
@@ -47,7 +49,7 @@ while ((${#rank_of[@]} > 0)); do
     if [[ -z ${pid:-} ]]; then continue; fi  # a trapped signal interrupted the wait: the ranks run on
     rank=${rank_of[$pid]}
     unset "rank_of[$pid]"
-    if ((rc == 0 || rc == 3)); then
+    if ((rc == 0 || rc == preempted)); then
         if ((rc > status)); then status=$rc; fi
         continue
     fi

@@ -21,14 +21,11 @@
 # (one task per split; its CPUs run the shard writers in parallel; %A_%a: array job and task ids)
 set -euo pipefail
 
-# sbatch runs a spooled copy of this file: find the checkout from the path that was submitted.
-if [[ -z ${LIERE_ROOT:-} ]]; then
-    submitted=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-    for guess in "$submitted" "$0" "${SLURM_SUBMIT_DIR:-.}/slurm/x"; do
-        if [[ -f $(dirname "$guess")/lib.sh ]]; then LIERE_ROOT=$(cd "$(dirname "$guess")/.." && pwd); break; fi
-    done
-fi
-source "${LIERE_ROOT:?cannot find the checkout: set LIERE_ROOT}/slurm/lib.sh"
+# sbatch runs a spooled copy of this file: find slurm/lib.sh (site settings, logging) from the path
+# submitted (or LIERE_ROOT).
+submitted=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+for guess in "$submitted" "$0" "${SLURM_SUBMIT_DIR:-.}/slurm/x"; do [[ -f $(dirname "$guess")/lib.sh ]] && break; done
+source "${LIERE_ROOT:-$(dirname "$guess")/..}/slurm/lib.sh"
 
 [[ $# -ge 1 ]] || liere_die "usage: sbatch slurm/prepare_data.sh SOURCE [launch/prepare_data.py options]"
 IFS=, read -r -a splits <<<"${SPLITS:-train,val}"

@@ -22,13 +22,9 @@
 # across requeues)
 set -euo pipefail
 
-# sbatch runs a spooled copy of this file: find the checkout from the path that was submitted.
-if [[ -z ${LIERE_ROOT:-} ]]; then
-    submitted=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-    for guess in "$submitted" "$0" "${SLURM_SUBMIT_DIR:-.}/slurm/x"; do
-        if [[ -f $(dirname "$guess")/lib.sh ]]; then LIERE_ROOT=$(cd "$(dirname "$guess")/.." && pwd); break; fi
-    done
-fi
-source "${LIERE_ROOT:?cannot find the checkout: set LIERE_ROOT}/slurm/lib.sh"
-
+# sbatch runs a spooled copy of this file: find slurm/lib.sh, the job's body, from the path submitted
+# (or LIERE_ROOT), then train this template's default config or the one given, with the overrides.
+submitted=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+for guess in "$submitted" "$0" "${SLURM_SUBMIT_DIR:-.}/slurm/x"; do [[ -f $(dirname "$guess")/lib.sh ]] && break; done
+source "${LIERE_ROOT:-$(dirname "$guess")/..}/slurm/lib.sh"
 liere_train configs/volume_medmnist3d_liere8.yaml "$@"

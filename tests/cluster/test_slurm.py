@@ -111,6 +111,15 @@ def release(job_id: str, restarts: int = 1) -> dict[str, str]:
     return info
 
 
+def test_the_templates_requeue_on_the_status_the_engine_exits_with_after_a_checkpoint():
+    """slurm/lib.sh names the number once for the shell side (node_launch.sh reads it from there)."""
+    from liere.engine.trainer import EXIT_PREEMPTED
+
+    lib = (REPO / "slurm" / "lib.sh").read_text()
+    assert re.search(rf"^export LIERE_EXIT_PREEMPTED={EXIT_PREEMPTED}$", lib, re.M), "slurm/lib.sh"
+    assert "LIERE_EXIT_PREEMPTED" in (REPO / "slurm" / "node_launch.sh").read_text()
+
+
 def test_sbatch_template_trains_on_two_nodes_and_records_a_finished_run(slurm_cluster, digits_root, tmp_path):
     out, log = tmp_path / "run", tmp_path / "job-%j.out"
     proc, job_id = sbatch(
