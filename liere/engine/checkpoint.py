@@ -45,10 +45,32 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def step_tag(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def tag_step(tag: str) -> int:
+    return int(tag.split("_")[1])
+
+
 class Checkpointer:
-    def __init__(self, out_dir: Path, rank: int, keep: int) -> None:
+    """Saves every ``every`` optimizer steps, or at each epoch end when ``every`` is 0."""
+
+    def __init__(self, out_dir: Path, rank: int, keep: int, every: int = 0) -> None:
         self.dir = Path(out_dir) / "checkpoints"
-        self.rank, self.keep = rank, max(1, keep)
+        self.rank, self.keep, self.every = rank, max(1, keep), every
+
+    def after_step(self, engine, step: int, client_state: dict[str, Any]) -> None:
+        if self.every and step % self.every == 0:
+            self.save(engine, step, client_state)
+
+    def after_epoch(self, engine, step: int, client_state: dict[str, Any]) -> None:
+        if not self.every:
+            self.save(engine, step, client_state)
+
+    def latest_step(self) -> int | None:
+        tag = self.latest()
+        return None if tag is None else tag_step(tag)
 
     def latest(self) -> str | None:
         """Tag of the newest complete checkpoint, or None."""
@@ -62,7 +84,7 @@ class Checkpointer:
 
     def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
         """Every rank saves its part; after a barrier rank 0 marks it complete and moves ``latest``."""
-        tag = f"step_{step:09d}"
+        tag = step_tag(step)
         try:
             engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
             torch.save(rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
@@ -117,3 +139,13 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.T
             ):
                 state.update(zip(group["liere_param_names"], weights, strict=True))
     return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def export_checkpoint(checkpoint_dir: Path, tag: str, spec: dict[str, Any], path: Path) -> Path:
+    """The consolidated fp32 weights of checkpoint ``tag`` as ``path`` (model.safetensors), with the
+    model's name and constructor arguments, so ``liere.load_model(path)`` rebuilds it without DeepSpeed."""
+    import liere
+
+    state = consolidated_state_dict(checkpoint_dir, tag)
+    liere.models.save_pretrained(state, path, spec["name"], spec["kwargs"])
+    return path

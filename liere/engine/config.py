@@ -15,7 +15,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+from liere.engine.precision import PRECISIONS
+
 SCHEDULES = ("cosine", "constant")
 BACKENDS = ("webdataset", "ffcv", "dali")
 
@@ -77,7 +78,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (default: epochs)
     grad_accum: int = 1  # micro steps per optimizer step
-    precision: str = "bf16"  # bf16, fp16 or fp32
+    precision: str = "auto"  # auto (what the device runs natively: liere/engine/precision.py), bf16, fp16, fp32
     zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
     seed: int = 0
     out_dir: str = "runs/${tracking.experiment}/${tracking.run_name}"  # checkpoints, exports, reports
@@ -103,6 +104,9 @@ class SparsityConfig:
 class EvalConfig:
     sizes: list[Any] = field(default_factory=list)  # resolution sweep: ints or lists (default: train size)
     shuffle_patches: bool = False  # also evaluate with the patches of every input randomly permuted
+    # also evaluate each input at the training size on a larger blank canvas (ints or lists): the same
+    # scale, a larger field of view, the object anywhere in it (liere/engine/canvas.py)
+    canvas_sizes: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -191,6 +195,10 @@ def _check_values(cfg: DictConfig) -> None:
     for size in cfg.eval.sizes:
         ok = isinstance(size, int) or (len(size) == len(m.img_size) and all(isinstance(s, int) for s in size))
         need(ok, "eval.sizes", size, f"each size is an int or a list of {len(m.img_size)} ints")
+    for size in cfg.eval.canvas_sizes:
+        full = [size] * len(m.img_size) if isinstance(size, int) else list(size)
+        ok = len(full) == len(m.img_size) and all(isinstance(s, int) and s >= t for s, t in zip(full, m.img_size))
+        need(ok, "eval.canvas_sizes", size, f"each canvas is an int or {len(m.img_size)} ints, at least model.img_size")
 
 
 def _read_chain(path: Path) -> list[tuple[Path, DictConfig]]:

@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless this tag says model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def use_experiment(mlflow, name: str) -> None:
+    """Make ``name`` the active experiment (created if new) and mark it as model training."""
+    experiment = mlflow.set_experiment(name)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            mlflow.set_experiment_tag(key, value)
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -81,7 +91,7 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(experiment)
+            use_experiment(mlflow, experiment)
             parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id and not run_id else None
             run = mlflow.start_run(
                 run_id=run_id,
@@ -131,6 +141,29 @@ class Tracker:
         tags = {k: str(v) for k, v in tags.items()}
         self._call("set_tags", lambda: self._mlflow.set_tags(tags), lambda: self._append("tags.jsonl", tags))
 
+    def set_description(self, text: str) -> None:
+        """The run's description (the MLflow UI shows it on the run page)."""
+        self.set_tags({"mlflow.note.content": text})
+
+    def log_dataset(self, *, name: str, split: str, samples: int | None, digest: str, source: str, context: str) -> None:
+        """One split as an MLflow data set input (the runs table's Dataset column)."""
+        record = {"name": name, "split": split, "samples": samples, "digest": digest, "source": source, "context": context}
+
+        def online() -> None:
+            import warnings
+
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": two equal local kinds
+                warnings.simplefilter("ignore", UserWarning)
+                origin = resolve_dataset_source(source)
+            dataset = MetaDataset(origin, name=name, digest=digest)
+            tags = {"split": split, "samples": str(samples)}
+            self._mlflow.log_input(dataset, context=context, tags=tags)
+
+        self._call("log_input", online, lambda: self._append("inputs.jsonl", record))
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         self._call(
@@ -175,7 +208,7 @@ def replay(
 
     offline_dir = Path(offline_dir)
     mlflow.set_tracking_uri(resolve_uri(uri))
-    mlflow.set_experiment(experiment)
+    use_experiment(mlflow, experiment)
 
     def records(name: str) -> list[dict]:
         p = offline_dir / name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import liere
+from liere.engine import precision
 
 from ._train import FAST, command, run_train, summary, train_env
 
@@ -39,15 +41,29 @@ def test_zero_stages_train_two_ranks_and_the_loss_falls(tmp_path, digits_root, s
 
 
 def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
-    proc, out = run_train(tmp_path, digits_root, ["train.zero_stage=2", "eval.sizes=[16,32]"])
+    proc, out = run_train(
+        tmp_path, digits_root, ["train.zero_stage=2", "eval.sizes=[16,32]", "eval.canvas_sizes=[24]"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = summary(out)["mlflow_run_id"]
     client = mlflow_client(tmp_path)
     run = client.get_run(run_id)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "demo"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
     params = run.data.params
     assert params["model.encoding"] == "liere8" and params["data.dataset"] == "digits"
+    # the automatic precision, resolved on this machine's CPU, reaches the params and the first line
+    chosen = precision.resolve("auto", torch.device("cpu"))
+    assert params["train.precision"] == chosen.name and params["train.precision_requested"] == "auto"
+    assert params["train.precision_reason"] == chosen.reason
+    assert proc.stdout.splitlines()[0] == f"precision {chosen.name} ({chosen.reason})"
+    assert run.data.tags["mlflow.note.content"].startswith("vit_micro_patch4 with liere8 on digits at 16x16")
+    inputs = {i.dataset.digest: i for i in run.inputs.dataset_inputs}
+    splits = sorted((i.dataset.name, {t.key: t.value for t in i.tags}["split"]) for i in inputs.values())
+    assert splits == [("digits", "train"), ("digits", "val")]
+    manifest = digits_root / "digits" / "webdataset" / "train" / "manifest.json"
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] in inputs
     assert float(params["model.gflops_per_sample"]) > 0 and int(params["model.parameters"]) > 1e6
     metrics = run.data.metrics
     for key in (
@@ -60,6 +76,7 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
         "val/top5",
         "val/top1 16x16",
         "val/top1 32x32",
+        "val/top1 canvas 24x24",
     ):
         assert key in metrics, key
     assert 0.0 <= metrics["train/data_wait_fraction"] <= 1.0

@@ -1,0 +1,123 @@
+"""What a run trains on and what it builds: the train and evaluation loaders of a config, and the
+model's constructor arguments (the config, with the data set filling the blanks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
+    """The train loader; an embedded data set is prepared on first use (rank 0 writes, the others
+    wait for its manifests), a real one must have been prepared with launch/prepare_data.py."""
+    import pipelines
+    from pipelines.sources import list_sources, source_class
+
+    d = cfg.data
+    embedded = d.dataset in list_sources() and not source_class(d.dataset).needs_src
+    if embedded:
+        info = pipelines.ensure_prepared(
+            d.dataset, d.root, formats=[_format(d.backend)], rank=denv.rank, world_size=denv.world_size
+        )
+    else:
+        info = pipelines.dataset_info(d.root, d.dataset)
+    loader = pipelines.build_loader(
+        d.backend,
+        root=d.root,
+        dataset=d.dataset,
+        split=d.train_split,
+        batch_size=d.batch_size,
+        train=True,
+        image_size=list(cfg.model.img_size),
+        rank=denv.rank,
+        world_size=denv.world_size,
+        seed=cfg.train.seed,
+        num_workers=d.workers,
+        mixup_alpha=d.mixup,
+        cutmix_alpha=d.cutmix,
+        # soft targets only when mixing (they then carry the smoothing); else the loss smooths
+        label_smoothing=cfg.optim.label_smoothing if d.mixup > 0 or d.cutmix > 0 else 0.0,
+        scale=tuple(d.crop_scale),
+        randaugment=list(d.randaugment) if d.randaugment else None,
+        flip=d.flip,
+    )
+    return loader, info
+
+
+def _format(backend: str) -> str:
+    return "ffcv" if backend == "ffcv" else "webdataset"  # DALI reads the webdataset shards
+
+
+def eval_loader(cfg: DictConfig, denv, size: list[int]):
+    import pipelines
+
+    d = cfg.data
+    return pipelines.build_loader(
+        d.backend,
+        root=d.root,
+        dataset=d.dataset,
+        split=d.val_split,
+        batch_size=d.eval_batch_size or d.batch_size,
+        train=False,
+        image_size=list(size),
+        rank=denv.rank,
+        world_size=denv.world_size,
+        seed=cfg.train.seed,
+        num_workers=d.workers,
+        crop_ratio=d.eval_crop_ratio,
+    )
+
+
+def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of the model: the config, with the data set filling the blanks."""
+    m = cfg.model
+    kwargs = {
+        "encoding": m.encoding,
+        "encoding_options": OmegaConf.to_container(m.encoding_options),
+        "img_size": list(m.img_size),
+        "in_chans": m.in_chans or int(info["channels"]),
+        "num_classes": m.num_classes or int(info["num_classes"]),
+        "global_pool": m.global_pool,
+        "drop_path_rate": m.drop_path_rate,
+        "drop_rate": m.drop_rate,
+        "attn_drop_rate": m.attn_drop_rate,
+        "grad_checkpointing": m.grad_checkpointing,
+    }
+    if m.patch_size is not None:
+        kwargs["patch_size"] = list(m.patch_size)
+    if int(info["spatial_rank"]) != len(m.img_size):
+        raise ValueError(
+            f"model.img_size={list(m.img_size)} has {len(m.img_size)} axes but data set {cfg.data.dataset!r} "
+            f"is {info['spatial_rank']}-D"
+        )
+    return {"name": m.name, "kwargs": kwargs}
+
+
+def dataset_inputs(cfg: DictConfig, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's training and validation splits as MLflow inputs: name, sample count, the checksum of
+    the split's manifest as digest, and where the shards are as source."""
+    import hashlib
+
+    from pipelines import paths
+
+    d = cfg.data
+    out = []
+    for split, context in ((d.train_split, "training"), (d.val_split, "evaluation")):
+        if d.backend == "ffcv":
+            manifest, source = (
+                paths.ffcv_manifest(d.root, d.dataset, split),
+                paths.ffcv_file(d.root, d.dataset, split),
+            )
+        else:
+            manifest = paths.webdataset_manifest(d.root, d.dataset, split)
+            source = paths.webdataset_dir(d.root, d.dataset, split)
+        if not manifest.is_file():
+            continue
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+        samples = info["splits"].get(split)
+        out.append(
+            {"name": d.dataset, "split": split, "samples": samples, "digest": digest,
+             "source": str(source.resolve()), "context": context}
+        )  # fmt: skip
+    return out

@@ -1,0 +1,105 @@
+"""The training log: a window of micro steps averaged over ranks, logged to MLflow, shown on the
+progress bar and written to ``status.json`` (rank 0), every ``train.log_every`` optimizer steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Window:
+    """What the micro steps since the last log add up to."""
+
+    loss: float = 0.0
+    penalty: float = 0.0
+    micro_steps: int = 0
+    samples: int = 0  # over all ranks
+    data_wait: float = 0.0  # seconds spent waiting for the loader
+    start: float = 0.0
+
+
+class TrainMetrics:
+    """Owns the log window, the progress bar and the status file; every rank calls it, rank 0 shows."""
+
+    def __init__(self, cfg, denv, device: torch.device, tracker, *, total_steps: int, progress) -> None:
+        self.cfg, self.denv, self.device, self.tracker = cfg, denv, device, tracker
+        self.total_steps = total_steps
+        self.step_times: list[float] = (
+            progress.step_times
+        )  # seconds per optimizer step per window (checkpointed)
+        self.window = Window(start=time.perf_counter())
+        self.bar = None
+        if denv.is_main:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total_steps, initial=progress.step, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0,
+            )  # fmt: skip
+
+    def waited(self, seconds: float) -> None:
+        self.window.data_wait += seconds
+
+    def micro_step(self, loss: torch.Tensor, penalty: torch.Tensor | None, samples: int) -> None:
+        w = self.window
+        w.loss += loss.item()
+        w.penalty += 0.0 if penalty is None else penalty.item()
+        w.micro_steps += 1
+        w.samples += samples * self.denv.world_size
+
+    def optimizer_step(self, step: int, epoch: int, engine) -> None:
+        """Advance the bar; at the log interval (and the last step) log the window and start a new one."""
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.cfg.train.log_every == 0 or step == self.total_steps:
+            self._log(step, epoch, engine)
+
+    def _log(self, step: int, epoch: int, engine) -> None:
+        w = self.window
+        loss = torch.tensor([w.loss, w.micro_steps], device=self.device, dtype=torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(loss)
+        elapsed = max(time.perf_counter() - w.start, 1e-9)
+        self.step_times.append(elapsed * self.cfg.train.grad_accum / max(1, w.micro_steps))
+        metrics = {
+            "train/loss": loss[0].item() / max(1.0, loss[1].item()),
+            "train/lr": engine.get_lr()[0],
+            "train/images_per_s": w.samples / elapsed,
+            "train/data_wait_fraction": w.data_wait / elapsed,
+            "train/epoch": epoch,
+        }
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            metrics["train/grad_norm"] = float(grad_norm)
+        if self.cfg.sparsity.weight:
+            metrics["train/sparsity_penalty"] = w.penalty / max(1, w.micro_steps)
+        self.tracker.log_metrics(metrics, step)
+        if self.denv.is_main:
+            self.bar.set_postfix(
+                loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}",
+                img_s=f"{metrics['train/images_per_s']:.0f}", refresh=False,
+            )  # fmt: skip
+            status = {"step": step, "epoch": epoch, **metrics}
+            (Path(self.cfg.train.out_dir) / "status.json").write_text(json.dumps(status))
+        self.window = Window(start=time.perf_counter())
+
+    def step_time(self) -> float | None:
+        """Median seconds per optimizer step over the log windows, the first (warm-up) left out."""
+        return median_step_time(self.step_times)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def median_step_time(times: list[float]) -> float | None:
+    steady = sorted(times[1:] or times)
+    return steady[len(steady) // 2] if steady else None
