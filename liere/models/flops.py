@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from liere.models.registry import create_model
+from liere.models.factory import create_model
 from liere.models.vit import VisionTransformer
 
 

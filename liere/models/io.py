@@ -1,8 +1,9 @@
 """Exported weights: one safetensors file whose metadata holds the model's constructor arguments.
 
-``save_pretrained(model_state, path, name, kwargs)`` writes it; ``load_model(path)`` rebuilds the
-model from the file alone; ``create_model(name, checkpoint_path=path, **kwargs)`` loads weights
-into a model the caller specifies. Needs the ``safetensors`` package (imported when used).
+``save_pretrained(model_state, path, name, kwargs)`` writes it, ``read_spec`` reads the spec back and
+``load_weights`` fills a model (as timm's ``_helpers.py``); ``factory.load_model(path)`` rebuilds the
+model from the file alone. Imports no other module of the package. Needs the ``safetensors``
+package (imported when used).
 """
 
 from __future__ import annotations
@@ -60,12 +61,3 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"{path} does not fit the model: missing keys {missing}, unexpected keys {unexpected}"
         )
     return model
-
-
-def load_model(path: str | Path, **overrides: Any) -> nn.Module:
-    """Rebuild an exported model from its file (``overrides`` change constructor arguments, e.g.
-    ``img_size`` for a different training grid)."""
-    from liere.models.registry import create_model
-
-    spec = read_spec(path)
-    return create_model(spec["name"], checkpoint_path=path, **{**spec["kwargs"], **overrides})

@@ -1,20 +1,32 @@
-"""Model registry: names that are complete presets, one constructor vocabulary for all."""
+"""Model registry: names that are complete presets, one constructor vocabulary for all.
+
+A pure registry (as timm's ``_registry.py``): a dict filled by ``@register_model`` in the modules
+that define presets, and lookups. It imports nothing back; ``factory.create_model`` builds.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from pathlib import Path
 
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+ModelFn = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelFn] = {}
 
 
-def register_model(name: str, fn: Callable[..., nn.Module]) -> None:
+def register_model(name: str | ModelFn, fn: ModelFn | None = None) -> ModelFn:
+    """Register a model entry point: ``@register_model`` on a function (its name is the model's),
+    or ``register_model(name, fn)``. A name registered twice is an error."""
+    if fn is None:
+        if not callable(name):
+            raise TypeError("register_model(name, fn) needs the entry point fn")
+        name, fn = name.__name__, name
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
     _MODELS[name] = fn
+    return fn
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -22,15 +34,8 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, checkpoint_path: str | Path | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``kwargs`` override the preset (``encoding``, ``img_size``,
-    ``patch_size``, ``in_chans``, ``num_classes``, ``drop_path_rate``, ``encoding_options``...).
-    ``checkpoint_path`` loads weights (exported ``.safetensors`` or a torch state dict)."""
+def model_entrypoint(name: str) -> ModelFn:
+    """The function registered under ``name``; an unknown name is an error listing the known ones."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    model = _MODELS[name](**kwargs)
-    if checkpoint_path is not None:
-        from liere.models.io import load_weights
-
-        load_weights(model, checkpoint_path)
-    return model
+    return _MODELS[name]
