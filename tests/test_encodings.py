@@ -257,3 +257,17 @@ def test_every_contract_name_builds():
         assert enc.is_rotary == (name not in {"none", "ape", "ape_sincos"})
     assert make("liere64", head_dim=64).block_size == 64
     assert make("liere8", head_dim=64).block_size == 8
+
+
+def test_the_registry_is_filled_by_the_classes_own_decorators():
+    assert (
+        encodings.ENCODINGS["liere"] is encodings.LieRE
+        and encodings.ENCODINGS["none"] is encodings.PositionEncoding
+    )
+    assert encodings.ALIASES == {
+        "liere8": ("liere", {"block_size": 8}),
+        "liere64": ("liere", {"block_size": 64}),
+    }
+    with pytest.raises(ValueError, match="'liere8' is already registered"):
+        encodings.register_encoding("liere_again", aliases={"liere8": {}})(encodings.LieRE)
+    assert "liere_again" not in encodings.ENCODINGS

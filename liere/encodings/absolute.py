@@ -11,10 +11,12 @@ from torch import Tensor, nn
 
 from liere.encodings.base import PositionEncoding
 from liere.encodings.positions import grid_positions
+from liere.encodings.registry import register_encoding
 
 _INTERPOLATION = {1: "linear", 2: "bicubic", 3: "trilinear"}
 
 
+@register_encoding("ape")
 class LearnedAPE(PositionEncoding):
     """One learned vector per cell of the training grid (Dosovitskiy et al., ICLR 2021).
 
@@ -64,6 +66,7 @@ def sincos_table(grid_shape: Sequence[int], dim: int, temperature: float = 10000
     return table.float()
 
 
+@register_encoding("ape_sincos")
 class SinCosAPE(PositionEncoding):
     """Fixed sin-cos absolute embedding, computed for any grid (no resampling needed)."""
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from liere.encodings.positions import SCHEMES, grid_positions
+from liere.encodings.registry import register_encoding
 
 
 def _per_layer(t: Tensor | None) -> tuple[Tensor, ...] | None:
@@ -119,6 +120,7 @@ class BlockRotation:
 RotationState = AngleRotation | BlockRotation
 
 
+@register_encoding("none")
 class PositionEncoding(nn.Module):
     """Base class: geometry of the model (heads, depth, axes) and the training grid.
 

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from liere.encodings.base import AngleRotation
+from liere.encodings.registry import register_encoding
 from liere.encodings.rope import FrequencyRotary, angle_blocks, angles, mixed_frequencies
 
 
+@register_encoding("string")
 class STRING(FrequencyRotary):
     """Cayley-STRING with learnable frequencies, per layer and head (or shared)."""
 

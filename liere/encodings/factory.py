@@ -1,33 +1,13 @@
-"""One factory for every position encoding: ``build(name, ...)``."""
+"""One factory for every position encoding: ``build(name, ...)`` over the registry's names."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from liere.encodings.absolute import LearnedAPE, SinCosAPE
 from liere.encodings.base import PositionEncoding
-from liere.encodings.commuting import STRING
-from liere.encodings.liere import LieRE
-from liere.encodings.rope import RoPEAxial, RoPEMixed
+from liere.encodings.registry import ALIASES, ENCODINGS, list_encodings
 
-ENCODINGS: dict[str, type[PositionEncoding]] = {
-    "none": PositionEncoding,
-    "ape": LearnedAPE,
-    "ape_sincos": SinCosAPE,
-    "rope_axial": RoPEAxial,
-    "rope_mixed": RoPEMixed,
-    "liere": LieRE,
-    "string": STRING,
-}
-ALIASES: dict[str, tuple[str, dict]] = {
-    "liere8": ("liere", {"block_size": 8}),
-    "liere64": ("liere", {"block_size": 64}),
-}
-
-
-def list_encodings() -> list[str]:
-    """Every name ``build`` accepts, aliases included."""
-    return [*ENCODINGS, *ALIASES]
+__all__ = ["ALIASES", "ENCODINGS", "build", "list_encodings"]
 
 
 def build(

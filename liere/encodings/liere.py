@@ -15,10 +15,12 @@ from torch import Tensor, nn
 
 from liere.encodings.base import AngleRotation, BlockRotation, RotaryEncoding, RotationState
 from liere.encodings.expm import skew_expm
+from liere.encodings.registry import register_encoding
 
 INITS = ("paper", "small")
 
 
+@register_encoding("liere", aliases={"liere8": {"block_size": 8}, "liere64": {"block_size": 64}})
 class LieRE(RotaryEncoding):
     """Block-diagonal LieRE with block size ``block_size`` (None: dense, one block of head_dim)."""
 

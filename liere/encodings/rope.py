@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from liere.encodings.base import AngleRotation, RotaryEncoding
+from liere.encodings.registry import register_encoding
 
 
 def angles(pos: Tensor, freqs: Tensor, token_major: bool = False) -> Tensor:
@@ -58,6 +59,7 @@ def _check_even(head_dim: int, name: str) -> int:
     return head_dim // 2
 
 
+@register_encoding("rope_axial")
 class RoPEAxial(FrequencyRotary):
     """Fixed axial RoPE: pairs split across axes, each with the spectrum theta^(-j/n_a)."""
 
@@ -80,7 +82,9 @@ class RoPEAxial(FrequencyRotary):
         return self.freqs
 
 
-def mixed_frequencies(num_axes: int, L: int, H: int, K: int, theta: float, generator=None) -> Tensor:
+def mixed_frequencies(
+    num_axes: int, L: int, H: int, K: int, theta: float, *, generator: torch.Generator | None = None
+) -> Tensor:
     """RoPE-Mixed initialisation in n dims: pair k points along axis k mod n of a random orthonormal
     frame (one per layer and head), with magnitude theta^(-j/m), j = k div n, m = ceil(K / n)."""
     m = math.ceil(K / num_axes)
@@ -93,6 +97,7 @@ def mixed_frequencies(num_axes: int, L: int, H: int, K: int, theta: float, gener
     return (directions * magnitude).permute(2, 0, 1, 3).float().contiguous()  # (A, L, H, K)
 
 
+@register_encoding("rope_mixed")
 class RoPEMixed(FrequencyRotary):
     """Learnable mixed-axis frequencies per layer and head (or shared)."""
 
