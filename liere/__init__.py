@@ -1,4 +1,9 @@
-"""LieRE vision transformers: the model library (torch only).
+"""LieRE vision transformers, and the system that trains them.
+
+``liere.models`` and ``liere.encodings`` (the model library, imported here) need torch alone, so
+they are usable on their own (exported ``.safetensors`` weights also need ``safetensors``).
+``liere.engine`` and the rest of ``liere`` (not imported here) train with DeepSpeed, track with MLflow
+and read data through ``pipelines``: they need the ``train`` extra (and ``data`` for the loaders).
 
 import liere
 model = liere.create_model("vit_small_patch16", encoding="liere8", num_classes=100)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from liere.encodings.base import RotationState
+from liere.models.patches import patchify
 
 
 class PatchEmbed(nn.Module):
@@ -40,17 +41,11 @@ class PatchEmbed(nn.Module):
         return tuple(s // p for s, p in zip(spatial, self.patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, *spatial = x.shape
+        _, C, *spatial = x.shape
         if C != self.in_chans:
             raise ValueError(f"input has {C} channels, the model expects in_chans={self.in_chans}")
-        grid = self.grid(spatial)
-        n = len(grid)
-        # (B, C, g1, p1, ..., gn, pn) -> (B, g1..gn, C, p1..pn) -> (B, N, C * prod(p))
-        shape = [B, C] + [v for pair in zip(grid, self.patch_size) for v in pair]
-        x = x.reshape(shape)
-        order = [0] + [2 + 2 * i for i in range(n)] + [1] + [3 + 2 * i for i in range(n)]
-        x = x.permute(order).reshape(B, math.prod(grid), -1)
-        return self.proj(x)
+        self.grid(spatial)  # errors name the axis
+        return self.proj(patchify(x, self.patch_size).flatten(2))  # (B, N, C, *P) -> (B, N, C * prod(P))
 
 
 class Attention(nn.Module):
@@ -109,6 +104,7 @@ class Block(nn.Module):
         dim: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
+        *,
         qkv_bias: bool = True,
         drop: float = 0.0,
         attn_drop: float = 0.0,

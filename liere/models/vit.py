@@ -1,8 +1,8 @@
 """One vision transformer for 2D images and 3D volumes or video, with any position encoding.
 
-The number of spatial axes follows ``img_size`` (length 2 or 3; an int means a square image);
-any input whose size is a multiple of the patch works at inference, including non-square and
-larger-than-training grids.
+The number of spatial axes follows ``img_size``: length 1 (a signal), 2 (an image) or 3 (a volume
+or video); an int means a square image. Any input whose size is a multiple of the patch works at
+inference, including non-square and larger-than-training grids.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from torch.utils.checkpoint import checkpoint
 
 from liere import encodings
 from liere.models.layers import Block, PatchEmbed
+from liere.models.patches import to_ntuple
 
 POOLS = ("token", "avg")
 
 
-def _as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(int(v) for v in value)
-    if len(value) != n:
-        raise ValueError(f"{name}={value} has {len(value)} entries, expected {n} (one per spatial axis)")
-    return value
+def _spatial_sizes(
+    img_size: int | Sequence[int], patch_size: int | Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(img_size, patch_size) as one entry per spatial axis; an int ``img_size`` is a square image."""
+    img = to_ntuple(img_size, 2, "img_size") if isinstance(img_size, int) else tuple(img_size)
+    if len(img) not in (1, 2, 3):
+        raise ValueError(f"img_size {img}: expected 1 (signal), 2 (image) or 3 (volume, video) axes")
+    return img, to_ntuple(patch_size, len(img), "patch_size")
 
 
 class VisionTransformer(nn.Module):
@@ -42,6 +44,7 @@ class VisionTransformer(nn.Module):
         patch_size: int | Sequence[int] = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
+        *,
         embed_dim: int = 384,
         depth: int = 12,
         num_heads: int = 6,
@@ -56,13 +59,8 @@ class VisionTransformer(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.img_size = _as_tuple(img_size, 2, "img_size") if isinstance(img_size, int) else tuple(img_size)
-        if len(self.img_size) not in (1, 2, 3):
-            raise ValueError(
-                f"img_size {self.img_size}: expected 1 (signal), 2 (image) or 3 (volume, video) axes"
-            )
+        self.img_size, self.patch_size = _spatial_sizes(img_size, patch_size)
         n = len(self.img_size)
-        self.patch_size = _as_tuple(patch_size, n, "patch_size")
         if global_pool not in POOLS:
             raise ValueError(f"global_pool {global_pool!r}: expected one of {POOLS}")
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
@@ -83,10 +81,8 @@ class VisionTransformer(nn.Module):
         )
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate)
-            for rate in rates
-        )
+        options = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, drop_path=rate, **options) for rate in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
