@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.writers.manifest import MANIFEST
+from pipelines.shards import MANIFEST
 
 
 def webdataset_dir(root: str | Path, dataset: str, split: str) -> Path:

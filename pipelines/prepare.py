@@ -13,9 +13,9 @@ from typing import Any
 
 from pipelines import paths
 from pipelines.errors import DataError
+from pipelines.shards import fingerprint, write_json
 from pipelines.sources import get_source, source_class
 from pipelines.sources.base import Source
-from pipelines.writers.manifest import fingerprint, write_json
 from pipelines.writers.webdataset import write_webdataset_split
 
 log = logging.getLogger(__name__)

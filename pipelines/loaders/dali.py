@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from pipelines.loaders.common import Loader
-from pipelines.loaders.shards import ShardReader
-from pipelines.writers.encode import decode_npy
+from pipelines.shards import ShardReader, decode_npy
 
 log = logging.getLogger(__name__)
 _CONVERSION_TRIES = 3

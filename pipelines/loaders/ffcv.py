@@ -23,7 +23,7 @@ from pipelines import randaugment as RA
 from pipelines import transforms as T
 from pipelines.errors import DataError
 from pipelines.loaders.common import Loader
-from pipelines.writers.manifest import read_manifest
+from pipelines.shards import read_manifest, sha256_file
 
 
 class FFCVLoader(Loader):
@@ -41,11 +41,8 @@ class FFCVLoader(Loader):
             raise DataError(f"{self.beton}: missing, though {manifest} lists it")
         if self.beton.stat().st_size != info["filesize"]:
             raise DataError(f"{self.beton}: {self.beton.stat().st_size} bytes, the manifest says {info['filesize']}")
-        if verify:
-            from pipelines.writers.manifest import sha256_file
-
-            if sha256_file(self.beton) != info["sha256"]:
-                raise DataError(f"{self.beton}: sha256 differs from {manifest}")
+        if verify and sha256_file(self.beton) != info["sha256"]:
+            raise DataError(f"{self.beton}: sha256 differs from {manifest}")
         super().__init__(info, **kwargs)
         self.batches_ahead = batches_ahead
         _record_thread_errors()

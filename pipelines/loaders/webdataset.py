@@ -16,8 +16,7 @@ import torch
 from pipelines import randaugment as RA
 from pipelines import transforms as T
 from pipelines.loaders.common import Loader
-from pipelines.loaders.shards import ShardReader
-from pipelines.writers.encode import decode_npy
+from pipelines.shards import ShardReader, decode_npy
 
 
 def load_image(

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import DataError
-from pipelines.loaders.shards import ShardReader
-from pipelines.writers.encode import decode_npy
-from pipelines.writers.manifest import fingerprint, sha256_file, write_json
+from pipelines.shards import ShardReader, decode_npy, fingerprint, sha256_file, write_json
 
 
 class _ShardsAsArrays:

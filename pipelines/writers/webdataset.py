@@ -12,7 +12,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,51 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import BadSampleError, DataError
+from pipelines.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    dali_index_lines,
+    encode_image,
+    encode_volume,
+    fingerprint,
+    index_path,
+    sha256_file,
+    shard_name,
+    write_json,
+)
 from pipelines.sources.base import Source
-from pipelines.writers.encode import encode_image, encode_volume
-from pipelines.writers.manifest import FORMAT_VERSION, MANIFEST, fingerprint, sha256_file, write_json
 
 log = logging.getLogger(__name__)
-
-DALI_INDEX_VERSION = "v1.2"
-
-
-def shard_name(name: str, split: str, index: int) -> str:
-    return f"{name}-{split}-{index:06d}.tar"
-
-
-def dali_index_lines(tar_path: str | os.PathLike) -> list[str]:
-    """Lines of a DALI webdataset index (the format of DALI's `wds2idx`): per sample, `ext offset size name`."""
-    samples: list[list[tuple[str, int, int, str]]] = []
-    last = None
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base, _, ext = member.name.partition(".")
-            if base != last:
-                samples.append([])
-                last = base
-            samples[-1].append((ext, member.offset_data, member.size, member.name))
-    lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
-    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in parts) for parts in samples]
-    return lines
-
-
-def read_dali_index(path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
-    """Parse a DALI index file into, per sample, {ext: (offset, size)}."""
-    with open(path) as f:
-        header = f.readline().split()
-        if len(header) != 2 or not header[0].startswith("v1"):
-            raise DataError(f"{path}: not a DALI webdataset index (header {header})")
-        out = []
-        for line in f:
-            parts = line.split()
-            out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
-    if len(out) != int(header[1]):
-        raise DataError(f"{path}: index says {header[1]} samples but lists {len(out)} (truncated?)")
-    return out
-
 
 _SOURCE: Source | None = None  # set in each worker process by _init_worker (inherited under fork)
 
@@ -124,16 +93,16 @@ def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    index_path = final.with_suffix(".idx")
-    tmp_idx = out / f".{index_path.name}.tmp{os.getpid()}"
+    idx = index_path(final)
+    tmp_idx = out / f".{idx.name}.tmp{os.getpid()}"
     tmp_idx.write_text("\n".join(dali_index_lines(final)) + "\n")
-    os.replace(tmp_idx, index_path)
+    os.replace(tmp_idx, idx)
     record = {
         "url": url,
         "nsamples": count,
         "filesize": final.stat().st_size,
         "sha256": sha256_file(final),
-        "dali_index": index_path.name,
+        "dali_index": idx.name,
         "first_index": task["start"],
         "skipped": skipped,
         "shapes": [[list(k), v] for k, v in shapes.items()],
@@ -213,7 +182,7 @@ def write_webdataset_split(
     for stale in out.glob(f"{name}-{split}-*.tar"):  # shards of an earlier, larger run
         if stale.name not in urls:
             stale.unlink()
-            stale.with_suffix(".idx").unlink(missing_ok=True)
+            index_path(stale).unlink(missing_ok=True)
             (out / f".{stale.name}.done").unlink(missing_ok=True)
     for tmp in out.glob(f".{name}-{split}-*.tmp*"):
         tmp.unlink(missing_ok=True)

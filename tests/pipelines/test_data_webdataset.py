@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import DataError, build_loader, prepare
 from pipelines.paths import webdataset_dir
-from pipelines.writers.webdataset import dali_index_lines, read_dali_index
+from pipelines.shards import dali_index_lines, read_dali_index
 
 
 def test_manifest_and_shard_layout(data_root):

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import DataError
-from pipelines.writers.manifest import MANIFEST, read_manifest, verify_shards
-from pipelines.writers.webdataset import read_dali_index
+from pipelines.shards.index import read_dali_index
+from pipelines.shards.manifest import MANIFEST, read_manifest, verify_shards
 
 
 class ShardReader:

@@ -1,4 +1,4 @@
-"""Turn a source Sample into the bytes stored in a shard: JPEG for images, npy for volumes.
+"""A sample's stored bytes: a source Sample encoded as JPEG (images) or npy (volumes), and npy decoded back.
 
 Encoding is deterministic, so the webdataset and FFCV outputs of one split hold the same pixels.
 """

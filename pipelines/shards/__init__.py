@@ -1,0 +1,51 @@
+"""The on-disk format of a prepared split, shared by the writers (which make it) and the loaders (which read it).
+
+    manifest.py  `manifest.json` (also a wids shard index), atomic JSON writes, checksums, fingerprints
+    index.py     shard names and the DALI index file beside each tar
+    codec.py     a sample's stored bytes: JPEG for images, npy for volumes
+    reader.py    ShardReader: position -> (payload, label, source index) through the index files and mmap
+
+Writers and loaders import this package, never each other.
+"""
+
+from __future__ import annotations
+
+from pipelines.shards.codec import decode_npy, encode_image, encode_volume
+from pipelines.shards.index import (
+    DALI_INDEX_VERSION,
+    dali_index_lines,
+    index_path,
+    read_dali_index,
+    shard_name,
+)
+from pipelines.shards.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    atomic_write_text,
+    fingerprint,
+    read_manifest,
+    sha256_file,
+    verify_shards,
+    write_json,
+)
+from pipelines.shards.reader import ShardReader
+
+__all__ = [
+    "DALI_INDEX_VERSION",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "ShardReader",
+    "atomic_write_text",
+    "dali_index_lines",
+    "decode_npy",
+    "encode_image",
+    "encode_volume",
+    "fingerprint",
+    "index_path",
+    "read_dali_index",
+    "read_manifest",
+    "sha256_file",
+    "shard_name",
+    "verify_shards",
+    "write_json",
+]
