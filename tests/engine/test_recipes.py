@@ -1,5 +1,6 @@
-"""Every YAML experiment under configs/ loads against the schema, and each per-encoding variant of a
-cluster recipe (docs/recipes.md) differs from its recipe only in what it means to change.
+"""Every YAML experiment under configs/ loads against the schema, every cluster recipe loads with every
+encoding given as an override (docs/recipes.md), and a per-encoding variant file differs from its
+recipe only in what it means to change.
 
 Fast: configs are loaded and compared, nothing is built, trained or launched.
 """
@@ -14,7 +15,7 @@ from liere.engine.config import flatten, load_config
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 ENCODINGS = ("ape", "rope_axial", "rope_mixed", "liere8", "liere64", "string")
-# the recipe bases that must have one variant per encoding (configs/<folder>/<base>_<encoding>.yaml)
+# the cluster recipes, each run with any encoding as `model.encoding=<encoding>`
 RECIPES = (
     "imagenet/paper_vit_b",
     "imagenet/paper_vit_s",
@@ -24,8 +25,14 @@ RECIPES = (
     "video/ucf101_paper_vit_b",
     "volume/medmnist3d_vit_s",
 )
-# what a variant may change besides the encoding: its options, its learning-rate multiplier, memory
-# savers, and the per-GPU split of the same global batch (batch_size x grad_accum kept)
+# the sbatch templates' and launch/submit.py's defaults: public names, kept whatever they hold
+TEMPLATE_DEFAULTS = (
+    "imagenet_vit_b_liere8.yaml",
+    "video_ucf101_liere8.yaml",
+    "volume_medmnist3d_liere8.yaml",
+)
+# what a variant file may change besides the encoding: its options, its learning-rate multiplier,
+# memory savers, and the per-GPU split of the same global batch (batch_size x grad_accum kept)
 ALLOWED = (
     "model.encoding",  # and model.encoding_options.*
     "model.grad_checkpointing",
@@ -38,6 +45,13 @@ PER_FILE = ("tracking.experiment", "train.out_dir", "config_path")  # derived fr
 
 def rel(path: Path) -> str:
     return str(path.relative_to(REPO / "configs"))
+
+
+# (config, overrides): every file as it is, then every recipe with every encoding
+CASES = [(p, []) for p in CONFIGS] + [
+    (REPO / "configs" / f"{r}.yaml", [f"model.encoding={e}"]) for r in RECIPES for e in ENCODINGS
+]
+CASE_IDS = [rel(p) + "".join(f" {o}" for o in ov) for p, ov in CASES]
 
 
 def variants() -> list[tuple[Path, Path, str]]:
@@ -58,21 +72,37 @@ def variants() -> list[tuple[Path, Path, str]]:
 
 def test_configs_are_found():
     names = {rel(p) for p in CONFIGS}
-    assert "demo.yaml" in names and len(names) > 40, sorted(names)
+    expected = {"demo.yaml", *TEMPLATE_DEFAULTS, *(f"{r}.yaml" for r in RECIPES)}
+    assert expected <= names, sorted(expected - names)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=rel)
-def test_every_config_loads(path):
-    cfg = load_config(path)  # schema, base chain, types and values (raises ConfigError naming the key)
+def test_no_config_is_only_an_encoding():
+    """A file holding `base:` and `model.encoding` alone is what `model.encoding=...` on the command
+    line says; the template defaults stay, being names users type."""
+    stubs = []
+    for path in CONFIGS:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        if set(raw) == {"base", "model"} and set(raw["model"]) == {"encoding"}:
+            stubs.append(rel(path))
+    assert set(stubs) <= set(TEMPLATE_DEFAULTS), sorted(set(stubs) - set(TEMPLATE_DEFAULTS))
+
+
+@pytest.mark.parametrize("path, overrides", CASES, ids=CASE_IDS)
+def test_every_config_loads(path, overrides):
+    # schema, base chain, types and values, the encoding's name included (raises ConfigError naming the key)
+    cfg = load_config(path, overrides)
     assert cfg.tracking.experiment == path.stem
+    for o in overrides:
+        key, value = o.split("=", 1)
+        assert str(OmegaConf.select(cfg, key)) == value
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=rel)
-def test_configs_of_data_to_prepare_name_classes_and_channels(path):
+@pytest.mark.parametrize("path, overrides", CASES, ids=CASE_IDS)
+def test_configs_of_data_to_prepare_name_classes_and_channels(path, overrides):
     """So `launch/train.py CONFIG --dry-run` builds the model before the data set is prepared."""
     from pipelines.sources import list_sources, source_class
 
-    cfg = load_config(path)
+    cfg = load_config(path, overrides)
     d = cfg.data.dataset
     if d in list_sources() and not source_class(d).needs_src:
         return  # embedded: prepared on first use
@@ -81,18 +111,21 @@ def test_configs_of_data_to_prepare_name_classes_and_channels(path):
     )
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=rel)
-def test_volumes_and_video_have_no_randaugment(path):
+@pytest.mark.parametrize("path, overrides", CASES, ids=CASE_IDS)
+def test_volumes_and_video_have_no_randaugment(path, overrides):
     """The loaders refuse RandAugment on 3D inputs when training starts: fail here instead."""
-    cfg = load_config(path)
+    cfg = load_config(path, overrides)
     if len(cfg.model.img_size) == 3:
         assert cfg.data.randaugment is None, rel(path)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_has_a_variant_per_encoding(recipe):
-    found = {enc for _, base, enc in VARIANTS if rel(base) == f"{recipe}.yaml"}
-    assert found == set(ENCODINGS), f"{recipe}: missing {sorted(set(ENCODINGS) - found)}"
+@pytest.mark.parametrize("enc", ENCODINGS)
+def test_an_encoding_override_changes_only_the_encoding(recipe, enc):
+    path = REPO / "configs" / f"{recipe}.yaml"
+    a, b = flatten(load_config(path)), flatten(load_config(path, [f"model.encoding={enc}"]))
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert changed <= {"model.encoding"} and b["model.encoding"] == enc, sorted(changed)
 
 
 VARIANTS = variants()
