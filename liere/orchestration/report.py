@@ -1,4 +1,4 @@
-"""The comparison report of a sweep (launch/compare.py): statistics, tables and the resolution plot.
+"""The comparison report of a sweep (``sweep``, launch/compare.py): statistics, tables and the resolution plot.
 
 Uncertainty has two sources and the report keeps them apart: the spread over seeds (training
 noise: mean and standard deviation of the runs' top-1), and the finite test set (a percentile
@@ -12,18 +12,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from liere.engine.evaluate import size_name
+from liere.engine.tracking import git_commit
+from liere.orchestration.evaluation import row_name
 
-def _size_name(size: list[int]) -> str:
-    return "x".join(map(str, size))
+if TYPE_CHECKING:
+    from liere.orchestration.sweep import Run
 
 
-def correct_matrix(runs: list[Any], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+def correct_matrix(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(seeds, samples) 0/1 correctness of the arm's runs under predictions ``key``, samples sorted
     by their data-set index so that every run and every arm line up; None if any run lacks it."""
     rows, index = [], None
@@ -59,17 +61,13 @@ def _ci(samples: np.ndarray) -> list[float] | None:
     return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))] if samples.size else None
 
 
-def summarize(runs: list[Any], resamples: int) -> dict[str, Any]:
+def summarize(runs: list[Run], resamples: int) -> dict[str, Any]:
     """Per arm: accuracies per evaluation (mean, std, per seed), bootstrap intervals, cost."""
-    arms: dict[str, list[Any]] = {}
+    arms: dict[str, list[Run]] = {}
     for run in runs:
         arms.setdefault(run.label, []).append(run)
     done = {label: [r for r in rs if r.eval] for label, rs in arms.items()}
-    train_key = None
-    for rs in done.values():
-        if rs:
-            train_key = _size_name(rs[0].eval["train_size"])
-            break
+    train_key = next((size_name(rs[0].eval["train_size"]) for rs in done.values() if rs), None)
     reference = next((label for label, rs in done.items() if rs), None)
     ref_correct = correct_matrix(done[reference], train_key) if reference else None
     out = []
@@ -77,45 +75,56 @@ def summarize(runs: list[Any], resamples: int) -> dict[str, Any]:
         ok = done[label]
         arm: dict[str, Any] = {"label": label, "runs": len(rs), "finished": len(ok), "top1_mean": None}
         if ok:
-            evals: dict[str, list[float]] = {}
-            for r in ok:
-                for row in r.eval["rows"]:
-                    key = _size_name(row["size"]) + (" shuffled" if row["shuffled"] else "")
-                    evals.setdefault(key, []).append(row["top1"])
-            arm["evals"] = {
-                k: {
-                    "mean": float(np.mean(v)),
-                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                    "seeds": v,
-                }
-                for k, v in evals.items()
-            }
+            arm["evals"] = _accuracies(ok)
             arm["top1_mean"] = arm["evals"][train_key]["mean"]
             arm["top1_std"] = arm["evals"][train_key]["std"]
             correct = correct_matrix(ok, train_key)
             if correct is not None:
-                per_sample = correct[0].mean(axis=0)  # seed-averaged correctness of each test sample
-                arm["top1_ci95"] = _ci(bootstrap(per_sample, resamples))
-                if (
-                    ref_correct is not None
-                    and label != reference
-                    and np.array_equal(correct[1], ref_correct[1])
-                ):
-                    diff = per_sample - ref_correct[0].mean(axis=0)
-                    arm["delta_vs_reference"] = float(diff.mean())
-                    arm["delta_ci95"] = _ci(bootstrap(diff, resamples))
-            s0 = ok[0].summary
-            arm["params"] = s0.get("params")
-            arm["gflops"] = s0.get("gflops")
-            times = [r.summary.get("step_time_s") for r in ok if r.summary.get("step_time_s")]
-            arm["step_time_s"] = float(np.median(times)) if times else None
-            sp = [r.summary["sparsity"] for r in ok if r.summary.get("sparsity")]
-            if sp:
-                arm["sparsity_off_diagonal_active"] = float(np.mean([s["off_diagonal_active"] for s in sp]))
-                arm["sparsity_diagonal_active"] = float(np.mean([s["diagonal_active"] for s in sp]))
-                arm["sparsity_tile"] = sp[0]["tile"]
+                against = ref_correct if label != reference else None
+                arm.update(_intervals(correct, against, resamples))
+            arm.update(_cost(ok))
         out.append(arm)
     return {"reference": reference, "train_size": train_key, "resamples": resamples, "arms": out}
+
+
+def _accuracies(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Top-1 per evaluation (size, shuffled or not): mean and std over the runs, and each run's."""
+    evals: dict[str, list[float]] = {}
+    for r in runs:
+        for row in r.eval["rows"]:
+            evals.setdefault(row_name(row), []).append(row["top1"])
+    return {
+        k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "seeds": v}
+        for k, v in evals.items()
+    }
+
+
+def _intervals(correct: tuple[np.ndarray, np.ndarray], reference: tuple | None, resamples: int) -> dict:
+    """Bootstrap interval of the seed-averaged top-1, and of the paired difference to ``reference``."""
+    per_sample = correct[0].mean(axis=0)  # seed-averaged correctness of each test sample
+    out: dict[str, Any] = {"top1_ci95": _ci(bootstrap(per_sample, resamples))}
+    if reference is not None and np.array_equal(correct[1], reference[1]):
+        diff = per_sample - reference[0].mean(axis=0)
+        out["delta_vs_reference"] = float(diff.mean())
+        out["delta_ci95"] = _ci(bootstrap(diff, resamples))
+    return out
+
+
+def _cost(runs: list[Run]) -> dict[str, Any]:
+    """Parameters, GFLOPs, the median step time and, where learned, the sparsity of the generators."""
+    s0 = runs[0].summary
+    times = [r.summary.get("step_time_s") for r in runs if r.summary.get("step_time_s")]
+    out = {
+        "params": s0.get("params"),
+        "gflops": s0.get("gflops"),
+        "step_time_s": float(np.median(times)) if times else None,
+    }
+    sp = [r.summary["sparsity"] for r in runs if r.summary.get("sparsity")]
+    if sp:
+        out["sparsity_off_diagonal_active"] = float(np.mean([s["off_diagonal_active"] for s in sp]))
+        out["sparsity_diagonal_active"] = float(np.mean([s["diagonal_active"] for s in sp]))
+        out["sparsity_tile"] = sp[0]["tile"]
+    return out
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
@@ -143,25 +152,42 @@ def _eval_keys(arms: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: [int(v) for v in k.split("x")])
 
 
-def render(
-    stats: dict[str, Any], runs: list[Any], cfg, command: str, wall_s: float, plot: Path | None
-) -> str:
-    arms, ref, train = stats["arms"], stats["reference"], stats["train_size"]
-    ref_time = next((a["step_time_s"] for a in arms if a["label"] == ref and a.get("step_time_s")), None)
+def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> str:
+    """report.md: the setup, the main table, accuracy against resolution, sparsity, every run."""
+    keys = _eval_keys(stats["arms"])
     lines = [
+        *_header(stats, cfg),
+        *_main_table(stats),
+        *_resolution_table(stats, keys, plot),
+        *_sparsity_table(stats["arms"]),
+        *_runs_table(runs, keys, stats["train_size"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _header(stats: dict[str, Any], cfg) -> list[str]:
+    arms, ref, train = stats["arms"], stats["reference"], stats["train_size"]
+    return [
         f"# {Path(cfg.config_path).stem}: {', '.join(a['label'] for a in arms)}",
         "",
-        f"`{command}`",
+        f"`{stats['command']}`",
         "",
         f"- config `{os.path.relpath(cfg.config_path)}`: `{cfg.model.name}` on `{cfg.data.dataset}` at {train}, "
         f"{cfg.train.epochs} epochs, {cfg.train.precision}; "
         f"{max(a['runs'] for a in arms)} seed(s) per arm",
         f"- machine: {platform.node()}, {os.cpu_count()} CPU cores, {_accelerator()}; git {_git()}; "
-        f"sweep wall time {wall_s / 60:.1f} min",
+        f"sweep wall time {stats['wall_s'] / 60:.1f} min",
         f"- top-1 on the full `{cfg.data.val_split}` split at the training size {train}: mean ± std over seeds; "
         f"95% CI: bootstrap over test samples ({stats['resamples']} resamples) of the seed-averaged accuracy; "
         f"Δ: paired difference to `{ref}`",
         "",
+    ]
+
+
+def _main_table(stats: dict[str, Any]) -> list[str]:
+    arms, ref, train = stats["arms"], stats["reference"], stats["train_size"]
+    ref_time = next((a["step_time_s"] for a in arms if a["label"] == ref and a.get("step_time_s")), None)
+    lines = [
         f"| encoding | top-1 (%) | 95% CI | Δ vs {ref} (pp) | Δ 95% CI | shuffled patches (%) | params (M) | GFLOPs | step (ms) | step vs {ref} |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -176,20 +202,23 @@ def render(
             f"| {a['label']} | {_pct(a['top1_mean'])} ± {_pct(a['top1_std'])} | {_ci_text(a.get('top1_ci95'))} | "
             f"{'-' if delta is None else f'{100 * delta:+.1f}'} | {_signed_ci(a.get('delta_ci95'))} | {_pct(shuffled)} | "
             f"{_num(a.get('params'), 1e-6, '.3f')} | {_num(a.get('gflops'), 1, '.4f')} | "
-            f"{'-' if step is None else f'{1000 * step:.0f}'} | "
+            f"{_ms(step)} | "
             f"{'-' if not (step and ref_time) else f'{step / ref_time:.2f}x'} |"
         )
-    keys = _eval_keys(arms)
-    lines += [
+    return lines
+
+
+def _resolution_table(stats: dict[str, Any], keys: list[str], plot: Path | None) -> list[str]:
+    lines = [
         "",
         "## Accuracy against evaluation resolution",
         "",
-        "Top-1 (%) mean ± std over seeds; the model was trained at " + train + ".",
+        "Top-1 (%) mean ± std over seeds; the model was trained at " + stats["train_size"] + ".",
         "",
         "| encoding | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),
     ]
-    for a in arms:
+    for a in stats["arms"]:
         if a["top1_mean"] is None:
             continue
         cells = [
@@ -199,24 +228,33 @@ def render(
         lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
     if plot is not None:
         lines += ["", f"![accuracy against evaluation resolution]({plot.name})"]
+    return lines
+
+
+def _sparsity_table(arms: list[dict[str, Any]]) -> list[str]:
     sparse = [a for a in arms if "sparsity_off_diagonal_active" in a]
-    if sparse:
-        lines += [
-            "",
-            "## Learned sparsity of the LieRE generators",
-            "",
-            "Share of coupling groups (tile pairs) still active at the end (per-layer tables in each run's "
-            "sparsity.md), next to accuracy.",
-            "",
-            "| encoding | tile | off-diagonal active (%) | diagonal active (%) | top-1 (%) |",
-            "|---|---|---|---|---|",
-        ]
-        for a in sparse:
-            lines.append(
-                f"| {a['label']} | {a['sparsity_tile']} | {_pct(a['sparsity_off_diagonal_active'])} | "
-                f"{_pct(a['sparsity_diagonal_active'])} | {_pct(a['top1_mean'])} |"
-            )
-    lines += [
+    if not sparse:
+        return []
+    lines = [
+        "",
+        "## Learned sparsity of the LieRE generators",
+        "",
+        "Share of coupling groups (tile pairs) still active at the end (per-layer tables in each run's "
+        "sparsity.md), next to accuracy.",
+        "",
+        "| encoding | tile | off-diagonal active (%) | diagonal active (%) | top-1 (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for a in sparse:
+        lines.append(
+            f"| {a['label']} | {a['sparsity_tile']} | {_pct(a['sparsity_off_diagonal_active'])} | "
+            f"{_pct(a['sparsity_diagonal_active'])} | {_pct(a['top1_mean'])} |"
+        )
+    return lines
+
+
+def _runs_table(runs: list[Run], keys: list[str], train: str) -> list[str]:
+    lines = [
         "",
         "## Runs",
         "",
@@ -229,17 +267,18 @@ def render(
                 f"| {r.name} | " + " | ".join("-" for _ in keys) + f" | - | - | - | {r.error or 'not run'} |"
             )
             continue
-        by = {
-            _size_name(x["size"]) + (" shuffled" if x["shuffled"] else ""): x["top1"] for x in r.eval["rows"]
-        }
-        step = r.summary.get("step_time_s")
+        by = {row_name(x): x["top1"] for x in r.eval["rows"]}
         lines.append(
             f"| {r.name} | "
             + " | ".join(_pct(by.get(k)) for k in keys)
             + f" | {_pct(by.get(train + ' shuffled'))} | "
-            f"{'-' if step is None else f'{1000 * step:.0f}'} | {r.summary.get('mlflow_run_id') or '-'} | ok |"
+            f"{_ms(r.summary.get('step_time_s'))} | {r.summary.get('mlflow_run_id') or '-'} | ok |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.0f}"
 
 
 def plot_resolution(stats: dict[str, Any], path: Path, title: str) -> Path | None:
@@ -272,7 +311,9 @@ def plot_resolution(stats: dict[str, Any], path: Path, title: str) -> Path | Non
     return path
 
 
-def write_report(runs: list[Any], out: Path, cfg, command: str, resamples: int, wall_s: float):
+def write_report(
+    runs: list[Run], out: Path, cfg, *, command: str, resamples: int, wall_s: float
+) -> tuple[dict[str, Any], list[Path]]:
     """report.json, report.md and accuracy_vs_resolution.png in ``out``; returns (stats, files)."""
     stats = summarize(runs, resamples)
     stats["command"] = command
@@ -286,25 +327,14 @@ def write_report(runs: list[Any], out: Path, cfg, command: str, resamples: int, 
         stats, out / "accuracy_vs_resolution.png", f"{Path(cfg.config_path).stem}: top-1 vs resolution"
     )
     (out / "report.json").write_text(json.dumps(stats, indent=1))
-    (out / "report.md").write_text(render(stats, runs, cfg, command, wall_s, plot))
+    (out / "report.md").write_text(render(stats, runs, cfg, plot))
     files = [out / "report.md", out / "report.json"] + ([plot] if plot else [])
     return stats, files
 
 
 def _git() -> str:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-            or "unknown"
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    commit = git_commit()
+    return commit if commit == "unknown" else commit[:7]
 
 
 def _accelerator() -> str:

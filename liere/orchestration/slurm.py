@@ -1,14 +1,10 @@
-"""Submit a training run to Slurm with submitit: python launch/submit.py --nodes N --config CONFIG [key=value ...]
+"""Training runs on Slurm through submitit: the task that starts each rank, the executor, the wait.
 
-    python launch/submit.py --nodes 4 --gpus-per-node 8 --config configs/imagenet_vit_b_liere8.yaml optim.lr=2e-3
-    python launch/submit.py --nodes 2 --gpus-per-node 0 --cpus-per-task 1 --config configs/demo.yaml --wait
-    python launch/submit.py --cluster local --gpus-per-node 2 --config configs/demo.yaml --wait
-
-One task per GPU (one per node without GPUs); each task runs launch/train.py with RANK, WORLD_SIZE,
-MASTER_ADDR and MASTER_PORT from submitit's TorchDistributedEnvironment. The job is checkpointable:
-before the time limit (SIGUSR1, --signal-delay-s ahead) or on preemption every rank checkpoints, the
-job requeues and resumes from checkpoints/latest in the same MLflow run. Site settings come from
-slurm/site.sh (modules, NCCL, MLflow) and SBATCH_PARTITION / SBATCH_ACCOUNT / SBATCH_QOS.
+One task per GPU (one per node without GPUs); each task runs launch/train.py in a child process with
+RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from submitit's TorchDistributedEnvironment. The job
+is checkpointable: before the time limit (SIGUSR1, --signal-delay-s ahead) or on preemption every
+rank checkpoints, the job requeues and resumes from checkpoints/latest in the same MLflow run.
+launch/submit.py submits one run; the sweep (``sweep``) submits its runs as one job array.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,31 +21,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
 # The engine checkpoints on SIGUSR1 and SIGTERM: make submitit's pre-timeout signal SIGUSR1 (its
 # default is SIGUSR2, which would kill the training processes). Read when submitit is imported.
 os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
-import submitit  # noqa: E402
+import submitit
 
-EXIT_PREEMPTED = 3  # launch/train.py: checkpointed after SIGTERM/SIGUSR1
+from liere.engine.trainer import EXIT_PREEMPTED
+
+REPO = Path(__file__).resolve().parents[2]
 FINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
 }  # fmt: skip
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _resolvable(host: str) -> bool:
-    try:
-        socket.gethostbyname(host)
-        return True
-    except OSError:
-        return False
-
-
-class Trainer(submitit.helpers.Checkpointable):
-    """One submitit task = one rank: runs launch/train.py in a child process and waits for it.
+class RankLauncher(submitit.helpers.Checkpointable):
+    """One submitit task = one rank: starts launch/train.py as a child process and waits for it.
 
     The child (the same entry point as every other launch mode) owns the signals: Slurm signals every
     process of the job, the engine checkpoints on all ranks and exits with status 3. On SIGUSR1,
@@ -78,8 +64,12 @@ class Trainer(submitit.helpers.Checkpointable):
         dist = submitit.helpers.TorchDistributedEnvironment()
         if dist.world_size == 1:
             return env, 0  # the engine's single-process mode picks its own port
-        if not _resolvable(dist.master_addr):  # node names that do not resolve: a one-machine cluster
-            dist.master_addr = "127.0.0.1"
+        if submitit.JobEnvironment().cluster == "slurm":
+            from liere.engine.distributed import _slurm_master_addr
+
+            dist.master_addr = _slurm_master_addr()  # the first node, or loopback where names do not resolve
+        else:
+            dist.master_addr = "127.0.0.1"  # submitit's local cluster: this one machine
         env.update(
             RANK=str(dist.rank),
             LOCAL_RANK=str(dist.local_rank),
@@ -162,13 +152,8 @@ def _describe(rc: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # submission
 # ---------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="\n".join(__doc__.splitlines()[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """launch/submit.py's flags (also what a sweep's ``--slurm "FLAGS"`` takes)."""
     p.add_argument(
         "overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=2e-3 train.epochs=300"
     )
@@ -201,7 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--wait", action="store_true", help="wait for the job, print its summary; exit 1 if it failed"
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    """launch/submit.py's flags from a list, e.g. a sweep's ``--slurm "FLAGS"`` split."""
+    return add_arguments(argparse.ArgumentParser(allow_abbrev=False)).parse_args(argv)
 
 
 def parse_time(text: str) -> int:
@@ -303,51 +293,51 @@ def wait_for(job: submitit.Job, cluster: str, poll_s: float = 2.0) -> list[Any]:
     return job.results()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def submit(args: argparse.Namespace) -> int:
+    """Check the config, submit one run as one job, say where its logs and MLflow run are; with
+    ``args.wait`` wait for it. The exit status: 0, 1 (not submitted, or failed), 2 (a config error)."""
     from liere.engine.config import ConfigError, load_config
+    from liere.engine.tracking import resolve_uri
+    from liere.orchestration.cli import fail
 
     name = args.name or f"{Path(args.config).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     overrides = [f"tracking.run_name={name}", *args.overrides]  # the user's overrides come last and win
     try:  # every config error shows here, before anything is queued
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     config = str(Path(args.config).resolve())
     out_dir = str(cfg.train.out_dir)
     folder = Path(args.job_dir or REPO / "runs" / "submitit" / name).resolve()
     try:
         executor = make_executor(args, folder / "%j", name)
-        job = executor.submit(Trainer(config, overrides, out_dir))
+        job = executor.submit(RankLauncher(config, overrides, out_dir))
     except (submitit.core.utils.FailedJobError, ValueError) as err:  # e.g. sbatch: invalid partition
-        print(f"error: the job was not submitted: {err}", file=sys.stderr)
-        return 1
+        return fail(f"the job was not submitted: {err}", 1)
     print(
         f"submitted job {job.job_id} to {executor.cluster}: {args.nodes} node(s) x {max(1, args.gpus_per_node)} rank(s)"
     )
     print(f"logs: {job.paths.stdout}\n      {job.paths.stderr}  (one pair per task: _0_, _1_, ...)")
-    from liere.engine.tracking import resolve_uri
-
     print(
         f"MLflow: experiment '{cfg.tracking.experiment}', run '{name}' at {resolve_uri(cfg.tracking.uri)}; "
         f"out_dir {out_dir}",
         flush=True,
     )
-    if not args.wait:
-        return 0
+    return _wait_and_report(job, executor.cluster) if args.wait else 0
+
+
+def _wait_and_report(job: submitit.Job, cluster: str) -> int:
+    """Wait for the job; print its step, MLflow run and evaluation sweep, or why it failed."""
+    from liere.engine.evaluate import size_name
+
     try:
-        results = wait_for(job, executor.cluster)
+        results = wait_for(job, cluster)
     except Exception as err:
         print(f"error: job {job.job_id} failed:\n{err}", file=sys.stderr)
         return 1
     summary = next((r for r in results if r), {})
     print(f"job {job.job_id} finished: step {summary.get('step')}, MLflow run {summary.get('mlflow_run_id')}")
     for row in summary.get("sweep", []):
-        size = "x".join(str(s) for s in row["size"])
+        size = size_name(row["size"])
         print(f"  eval {size}: top-1 {100 * row['top1']:.2f}%  top-5 {100 * row['top5']:.2f}%")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

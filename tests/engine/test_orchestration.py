@@ -1,0 +1,178 @@
+"""Orchestration as a library, fast: the sweep's plan, sizes, the comparison report from fake runs,
+evaluation outputs, Slurm flags and time limits. Nothing is trained or submitted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from liere.engine.evaluate import per_axis_sizes, result_line, size_name
+from liere.orchestration.cli import command_parser
+from liere.orchestration.evaluation import parse_size, row_name, write_outputs
+from liere.orchestration.report import bootstrap, write_report
+from liere.orchestration.sweep import Run, Sweep, SweepSpec, eval_sizes, plan
+
+
+def test_sizes_are_parsed_named_and_spread_over_the_axes():
+    assert parse_size("48") == 48 and parse_size("8x224X224") == [8, 224, 224]
+    for bad in ("0", "ax4", "16x-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+    assert size_name([8, 112, 112]) == "8x112x112"
+    assert row_name({"size": [16, 16], "shuffled": True}) == "16x16 shuffled"
+    assert row_name({"size": [16, 16]}) == "16x16"
+    assert per_axis_sizes([48, [24, 32]], 2) == [[48, 48], [24, 32]]
+    with pytest.raises(ValueError, match="3 axes"):
+        per_axis_sizes([[8, 16, 16]], 2)
+    line = result_line("16x16", {"top1": 0.5, "top5": 0.75, "loss": 1.25, "count": 8})
+    assert line == "eval 16x16: top-1 50.00%  top-5 75.00%  loss 1.2500  (8 samples)"
+
+
+def test_the_plan_goes_seed_by_seed_over_every_arm(tmp_path):
+    spec = SweepSpec(
+        "configs/demo.yaml", encodings="ape,liere8", variant=["l64s:model.encoding=liere64,sparsity.weight=1e-3"],
+        seeds=2,
+    )  # fmt: skip
+    runs = plan(spec, tmp_path)
+    assert [r.name for r in runs] == ["ape-s0", "liere8-s0", "l64s-s0", "ape-s1", "liere8-s1", "l64s-s1"]
+    assert runs[2].overrides == ["model.encoding=liere64", "sparsity.weight=1e-3", "train.seed=0"]
+    assert runs[3].out_dir == tmp_path / "ape-s1"
+    for bad, message in [
+        (SweepSpec("c"), "nothing to compare"),
+        (SweepSpec("c", encodings="ape,ape"), "distinct"),
+        (SweepSpec("c", variant=["no-overrides"]), "LABEL:KEY=VALUE"),
+        (SweepSpec("c", encodings="ape", seeds=0), ">= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            plan(bad, tmp_path)
+
+
+def test_each_run_gets_its_folder_name_and_parent_and_torchrun_for_several_ranks(tmp_path):
+    spec = SweepSpec("configs/demo.yaml", ["train.epochs=1"], encodings="ape", seeds=1, nproc=2)
+    runs = plan(spec, tmp_path)
+    sweep = Sweep(spec, "demo", tmp_path, runs, "python launch/compare.py ...", parent_id="abc")
+    assert sweep.run_overrides(runs[0]) == [
+        "train.epochs=1", "model.encoding=ape", "train.seed=0", f"train.out_dir={tmp_path / 'ape-s0'}",
+        "tracking.run_name=demo/ape-s0", "eval.shuffle_patches=false", "tracking.parent_run_id=abc",
+    ]  # fmt: skip
+    cmd = sweep.train_command(runs[0])
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5].endswith("launch/train.py") and cmd[6] == str(Path("configs/demo.yaml").resolve())
+
+
+def test_the_training_size_is_always_evaluated():
+    cfg = OmegaConf.create({"model": {"img_size": [16, 16]}, "eval": {"sizes": []}})
+    assert eval_sizes(SweepSpec("c", sizes=["24", "32x32"]), cfg) == [[16, 16], 24, [32, 32]]
+    assert eval_sizes(SweepSpec("c", sizes=["16", "24"]), cfg) == [16, 24]
+    assert eval_sizes(SweepSpec("c"), cfg) is None
+
+
+def _fake_run(tmp_path: Path, label: str, seed: int, correct: np.ndarray) -> Run:
+    out = tmp_path / f"{label}-s{seed}"
+    out.mkdir()
+    n = correct.size
+    index, labels = np.arange(n)[::-1], np.zeros(n, dtype=np.int64)  # any order: the report sorts by index
+    preds = {"16x16": np.stack([index, labels, np.where(correct[::-1], 0, 1)])}
+    np.savez(out / "predictions.npz", **preds)
+    top1 = float(correct.mean())
+    rows = [
+        {"size": [16, 16], "shuffled": False, "top1": top1, "top5": 1.0, "loss": 1.0, "count": n},
+        {"size": [16, 16], "shuffled": True, "top1": top1 / 2, "top5": 1.0, "loss": 2.0, "count": n},
+        {"size": [24, 24], "shuffled": False, "top1": top1 - 0.1, "top5": 1.0, "loss": 1.5, "count": n},
+    ]
+    evaluated = {"train_size": [16, 16], "rows": rows, "predictions": str(out / "predictions.npz")}
+    summary = {"params": 1_500_000, "gflops": 0.01, "step_time_s": 0.02 * (1 + (label == "liere8"))}
+    return Run(label, seed, [], out, summary=summary, eval=evaluated)
+
+
+def test_the_report_compares_arms_from_their_predictions(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [
+        _fake_run(tmp_path, "ape", 0, rng.random(200) < 0.6),
+        _fake_run(tmp_path, "liere8", 0, rng.random(200) < 0.8),
+        _fake_run(tmp_path, "ape", 1, rng.random(200) < 0.6),
+        _fake_run(tmp_path, "liere8", 1, rng.random(200) < 0.8),
+        Run("string", 0, [], tmp_path / "string-s0", error="exit status 1"),
+    ]
+    cfg = OmegaConf.create({
+        "config_path": str(tmp_path / "compass2d.yaml"), "model": {"name": "vit_nano_patch4"},
+        "data": {"dataset": "compass2d", "val_split": "val"}, "train": {"epochs": 3, "precision": "fp32"},
+    })  # fmt: skip
+    stats, files = write_report(
+        runs, tmp_path, cfg, command="python launch/compare.py x", resamples=200, wall_s=90
+    )
+    assert [f.name for f in files] == ["report.md", "report.json", "accuracy_vs_resolution.png"]
+    arms = {a["label"]: a for a in stats["arms"]}
+    assert stats["reference"] == "ape" and stats["train_size"] == "16x16"
+    assert arms["string"]["top1_mean"] is None and arms["string"]["finished"] == 0
+    assert arms["liere8"]["top1_mean"] == pytest.approx(
+        np.mean([r.eval["rows"][0]["top1"] for r in runs[1::2]])
+    )
+    lo, hi = arms["liere8"]["delta_ci95"]
+    assert lo <= arms["liere8"]["delta_vs_reference"] <= hi and "delta_ci95" not in arms["ape"]
+    assert arms["liere8"]["step_time_s"] == pytest.approx(0.04)
+    assert json.loads((tmp_path / "report.json").read_text())["wall_s"] == 90
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# compass2d: ape, liere8, string\n\n`python launch/compare.py x`")
+    assert (
+        "| string | no finished run |" in text and "| string-s0 | - | - | - | - | - | exit status 1 |" in text
+    )
+    assert "| encoding | 16x16 | 24x24 |" in text and "2.00x |" in text and "sweep wall time 1.5 min" in text
+
+
+def test_bootstrap_means_resample_the_samples():
+    samples = bootstrap(np.array([0.0, 1.0, 1.0, 1.0]), 500, seed=1)
+    assert samples.shape == (500,) and 0.0 <= samples.min() and samples.max() <= 1.0
+    assert samples.mean() == pytest.approx(0.75, abs=0.03)
+
+
+def test_evaluation_outputs_keep_the_shuffled_rows_apart(tmp_path):
+    rows = [
+        {"size": [16, 16], "shuffled": False, "top1": 0.9, "top5": 1.0, "loss": 0.3, "count": 10},
+        {"size": [16, 16], "shuffled": True, "top1": 0.4, "top5": 0.8, "loss": 1.9, "count": 10},
+    ]
+    result = {"weights": "w", "rows": rows, "predictions": str(tmp_path / "predictions.npz")}
+    preds = {row_name(r): np.zeros((3, 10), dtype=np.int64) for r in rows}
+    write_outputs(result, preds, tmp_path, title="run on digits/val")
+    assert json.loads((tmp_path / "eval.json").read_text())["rows"] == rows
+    md = (tmp_path / "eval.md").read_text()
+    assert "| 16x16 | 90.00 |" in md and md.endswith("\nPatches shuffled at 16x16: top-1 40.00%\n")
+    assert (tmp_path / "eval.png").is_file() and not (tmp_path / "eval_resolution.md").exists()
+    with np.load(tmp_path / "predictions.npz") as saved:
+        assert sorted(saved) == ["16x16", "16x16 shuffled"]
+
+
+def test_slurm_flags_time_limits_and_the_rank_launcher_pickle():
+    slurm = pytest.importorskip("liere.orchestration.slurm")
+    flags = slurm.parse_flags(["--nodes", "2", "--gpus-per-node", "0", "train.epochs=1"])
+    assert (flags.nodes, flags.gpus_per_node, flags.overrides, flags.time) == (
+        2,
+        0,
+        ["train.epochs=1"],
+        "48:00:00",
+    )
+    with pytest.raises(SystemExit):
+        slurm.parse_flags(["--node", "2"])  # no abbreviations
+    assert [slurm.parse_time(t) for t in ("90", "1:30:00", "1:30:01", "2-00", "0:00:10")] == [
+        90,
+        90,
+        91,
+        2880,
+        1,
+    ]
+    with pytest.raises(argparse.ArgumentTypeError):
+        slurm.parse_time("soon")
+    task = slurm.RankLauncher("c.yaml", ["a=1"], "runs/x")
+    again = pickle.loads(pickle.dumps(task))  # what submitit stores for a (re)start: no process state
+    assert (again.config, again.overrides, again.out_dir, again._child) == ("c.yaml", ["a=1"], "runs/x", None)
+
+
+def test_command_lines_take_their_help_from_the_docstring():
+    p = command_parser("Do one thing.\n\n    python launch/x.py\n")
+    assert p.description == "Do one thing." and "python launch/x.py" in p.epilog and not p.allow_abbrev
