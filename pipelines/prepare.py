@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,31 @@ def _init_params(cls: type) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _run_writer(write: Callable[..., dict[str, Any]], total: int, desc: str, progress: bool) -> tuple[dict[str, Any], float]:
+    """Run one writer under a progress bar of `total` samples; returns what it wrote and the seconds it took."""
+    bar = _progress_bar(total, desc, progress)
+    t0 = time.time()
+    written = write(progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    return written, round(time.time() - t0, 2)
+
+
+def _row(split: str, fmt: str, written: dict[str, Any], *, skipped: int, seconds: float, path: Path) -> dict[str, Any]:
+    """One summary row of prepare(): what was written for one split in one format."""
+    shards = written["shardlist"] if fmt == "webdataset" else None
+    return {
+        "split": split,
+        "format": fmt,
+        "samples": written["num_samples"],
+        "files": len(shards) if shards is not None else 1,
+        "bytes": sum(s["filesize"] for s in shards) if shards is not None else written["filesize"],
+        "skipped": skipped,
+        "seconds": seconds,
+        "path": str(path),
+    }
+
+
 def prepare(
     source: str | Source,
     out: str | os.PathLike,
@@ -105,60 +131,24 @@ def prepare(
                     src_obj.name)
         resize = None
     name = name or src_obj.name
+    shard_options = dict(name=name, shard_size=shard_size, workers=workers, image_size=resize, quality=quality,
+                         dtype=volume_dtype, skip_bad=skip_bad, overwrite=overwrite)  # fmt: skip
+    ffcv_options = dict(workers=workers, quality=quality, max_resolution=ffcv_max_resolution,
+                        write_mode=ffcv_write_mode, overwrite=overwrite)  # fmt: skip
     rows = []
     for split in splits or src_obj.splits():
-        total = src_obj.num_samples(split)
-        bar = _progress_bar(total, f"{name}/{split} webdataset", progress)
-        t0 = time.time()
-        manifest = write_webdataset_split(
-            src_obj,
-            split,
-            paths.webdataset_dir(out, name, split),
-            name=name,
-            shard_size=shard_size,
-            workers=workers,
-            image_size=resize,
-            quality=quality,
-            dtype=volume_dtype,
-            skip_bad=skip_bad,
-            overwrite=overwrite,
-            progress=bar.update if bar else None,
-        )
-        if bar:
-            bar.close()
-        rows.append(
-            {
-                "split": split, "format": "webdataset", "samples": manifest["num_samples"],
-                "files": len(manifest["shardlist"]), "bytes": sum(s["filesize"] for s in manifest["shardlist"]),
-                "skipped": manifest["num_skipped"], "seconds": round(time.time() - t0, 2),
-                "path": str(paths.webdataset_dir(out, name, split)),
-            }
-        )
+        shards = paths.webdataset_dir(out, name, split)
+        write = partial(write_webdataset_split, src_obj, split, shards, **shard_options)
+        manifest, seconds = _run_writer(write, src_obj.num_samples(split), f"{name}/{split} webdataset", progress)
+        skipped = manifest["num_skipped"]
+        rows.append(_row(split, "webdataset", manifest, skipped=skipped, seconds=seconds, path=shards))
         if "ffcv" in formats:
             from pipelines.writers.ffcv import write_ffcv_split
 
-            bar = _progress_bar(manifest["num_samples"], f"{name}/{split} ffcv", progress)
-            t0 = time.time()
-            info = write_ffcv_split(
-                paths.webdataset_dir(out, name, split),
-                paths.ffcv_file(out, name, split),
-                paths.ffcv_manifest(out, name, split),
-                workers=workers,
-                quality=quality,
-                max_resolution=ffcv_max_resolution,
-                write_mode=ffcv_write_mode,
-                overwrite=overwrite,
-                progress=bar.update if bar else None,
-            )
-            if bar:
-                bar.close()
-            rows.append(
-                {
-                    "split": split, "format": "ffcv", "samples": info["num_samples"], "files": 1,
-                    "bytes": info["filesize"], "skipped": manifest["num_skipped"],
-                    "seconds": round(time.time() - t0, 2), "path": str(paths.ffcv_file(out, name, split)),
-                }
-            )
+            beton = paths.ffcv_file(out, name, split)
+            write = partial(write_ffcv_split, shards, beton, paths.ffcv_manifest(out, name, split), **ffcv_options)
+            info, seconds = _run_writer(write, manifest["num_samples"], f"{name}/{split} ffcv", progress)
+            rows.append(_row(split, "ffcv", info, skipped=skipped, seconds=seconds, path=beton))
     return rows
 
 

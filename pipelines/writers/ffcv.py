@@ -67,6 +67,72 @@ def _page_size(dataset: _ShardsAsArrays, mode: str) -> int:
     return page
 
 
+def _finished(manifest_path: Path, beton: Path, fp: str, overwrite: bool) -> dict[str, Any] | None:
+    """The FFCV manifest when its .beton was written with the same arguments and is whole (and not `overwrite`);
+    otherwise the manifest is removed, so the .beton counts as incomplete until the new one lands."""
+    if manifest_path.exists() and not overwrite:
+        old = json.loads(manifest_path.read_text())
+        if old.get("fingerprint") == fp and beton.is_file() and beton.stat().st_size == old.get("filesize"):
+            return old
+    manifest_path.unlink(missing_ok=True)
+    return None
+
+
+def _fields(dataset: _ShardsAsArrays, mode: str, quality: int, max_resolution: int | None) -> dict[str, Any]:
+    """The .beton's fields: `image` (RGBImageField) or `volume` (NDArrayField of the split's one shape), `label`,
+    `index`."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+
+    wds = dataset.reader.manifest
+    if wds["kind"] == "image":
+        main = ("image", RGBImageField(write_mode=mode, max_resolution=max_resolution, jpeg_quality=quality))
+    else:
+        if not wds["fixed_shape"]:
+            raise DataError(f"{dataset.reader.split_dir}: volumes of different shapes; FFCV needs one fixed shape per split")
+        shape = (wds["channels"], *wds["native_size"])
+        stored = np.dtype("uint16") if dataset.bits16 else np.dtype(wds["dtype"])
+        main = ("volume", NDArrayField(dtype=stored, shape=shape))
+    return dict([main, ("label", IntField()), ("index", IntField())])
+
+
+def _write_beton(dataset: _ShardsAsArrays, beton: Path, fields: dict[str, Any], mode: str, workers: int) -> None:
+    """Write the .beton under a temporary name and rename it into place."""
+    from ffcv.writer import DatasetWriter
+
+    page_size = _page_size(dataset, mode)
+    beton.parent.mkdir(parents=True, exist_ok=True)
+    tmp = beton.with_name(f".{beton.name}.tmp{os.getpid()}")
+    try:
+        writer = DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=max(1, workers))
+        writer.from_indexed_dataset(dataset, chunksize=100)
+        os.replace(tmp, beton)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _manifest(wds: dict[str, Any], beton: Path, fields: dict[str, Any], params: dict[str, Any], fp: str) -> dict[str, Any]:
+    """The FFCV manifest: the webdataset manifest's metadata plus the .beton's file, checksum and settings."""
+    keys = ("name", "split", "kind", "num_samples", "num_classes", "classes", "channels", "spatial_rank",
+            "native_size", "fixed_shape", "mean", "std", "dtype", "label_counts", "num_skipped")
+    manifest = {k: wds[k] for k in keys}
+    manifest.update(
+        {
+            "format": "ffcv",
+            "file": beton.name,
+            "filesize": beton.stat().st_size,
+            "sha256": sha256_file(beton),
+            "fields": list(fields),
+            "write_mode": params["mode"],
+            "jpeg_quality": params["quality"],
+            "max_resolution": params["max_resolution"],
+            "params": params,
+            "fingerprint": fp,
+        }
+    )
+    return manifest
+
+
 def write_ffcv_split(
     split_dir: str | os.PathLike,
     beton: str | os.PathLike,
@@ -80,8 +146,7 @@ def write_ffcv_split(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Convert the prepared webdataset split in `split_dir` into `beton`; returns the FFCV manifest."""
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    import ffcv  # noqa: F401  (fail here, clearly, when FFCV is not installed)
 
     split_dir, beton, manifest_path = Path(split_dir), Path(beton), Path(manifest_path)
     dataset = _ShardsAsArrays(split_dir)
@@ -89,50 +154,12 @@ def write_ffcv_split(
     mode = write_mode or default_write_mode(wds["native_size"])
     params = {"webdataset": wds["fingerprint"], "quality": quality, "max_resolution": max_resolution, "mode": mode}
     fp = fingerprint(params)
-    if manifest_path.exists() and not overwrite:
-        old = json.loads(manifest_path.read_text())
-        if old.get("fingerprint") == fp and beton.is_file() and beton.stat().st_size == old.get("filesize"):
-            if progress:
-                progress(old["num_samples"])
-            return old
-    manifest_path.unlink(missing_ok=True)
-    if wds["kind"] == "image":
-        main = ("image", RGBImageField(write_mode=mode, max_resolution=max_resolution, jpeg_quality=quality))
-    else:
-        if not wds["fixed_shape"]:
-            raise DataError(f"{split_dir}: volumes of different shapes; FFCV needs one fixed shape per split")
-        shape = (wds["channels"], *wds["native_size"])
-        stored = np.dtype("uint16") if dataset.bits16 else np.dtype(wds["dtype"])
-        main = ("volume", NDArrayField(dtype=stored, shape=shape))
-    fields = dict([main, ("label", IntField()), ("index", IntField())])
-    page_size = _page_size(dataset, mode)
-    beton.parent.mkdir(parents=True, exist_ok=True)
-    tmp = beton.with_name(f".{beton.name}.tmp{os.getpid()}")
-    try:
-        writer = DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=max(1, workers))
-        writer.from_indexed_dataset(dataset, chunksize=100)
-        os.replace(tmp, beton)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    keys = ("name", "split", "kind", "num_samples", "num_classes", "classes", "channels", "spatial_rank",
-            "native_size", "fixed_shape", "mean", "std", "dtype", "label_counts", "num_skipped")
-    manifest = {k: wds[k] for k in keys}
-    manifest.update(
-        {
-            "format": "ffcv",
-            "file": beton.name,
-            "filesize": beton.stat().st_size,
-            "sha256": sha256_file(beton),
-            "fields": list(fields),
-            "write_mode": mode,
-            "jpeg_quality": quality,
-            "max_resolution": max_resolution,
-            "params": params,
-            "fingerprint": fp,
-        }
-    )
-    write_json(manifest_path, manifest)
+    manifest = _finished(manifest_path, beton, fp, overwrite)
+    if manifest is None:
+        fields = _fields(dataset, mode, quality, max_resolution)
+        _write_beton(dataset, beton, fields, mode, workers)
+        manifest = _manifest(wds, beton, fields, params, fp)
+        write_json(manifest_path, manifest)
     if progress:
         progress(manifest["num_samples"])
     return manifest

@@ -31,7 +31,7 @@ from pipelines.shards import (
     shard_name,
     write_json,
 )
-from pipelines.sources.base import Source
+from pipelines.sources.base import Sample, Source
 
 log = logging.getLogger(__name__)
 
@@ -44,69 +44,79 @@ def _init_worker(source: Source) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
-    """Write shard `task["shard"]` covering source indices [start, stop); returns its record."""
+def _encode(source: Source, task: dict[str, Any], i: int) -> tuple[Sample, str, bytes, tuple[int, ...]]:
+    """Sample `i` of the task's split as (sample, extension, stored bytes, spatial shape); BadSampleError if unusable."""
+    sample = source.get(task["split"], i)
+    if source.kind == "image":
+        payload, shape = encode_image(sample, source.channels, task["image_size"], task["quality"])
+        ext = "jpg"
+    else:
+        payload, shape = encode_volume(sample, source.channels, task["dtype"])
+        ext = "npy"
+    if not 0 <= sample.label < source.num_classes:
+        raise BadSampleError(sample.origin, f"label {sample.label} outside [0, {source.num_classes})")
+    return sample, ext, payload, shape
+
+
+def _write_tar(source: Source, task: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write the task's samples into the tar at `path` (mtime 0: the same input gives the same bytes); returns
+    the counts that go into the shard's record: nsamples, skipped, shapes, labels."""
     import webdataset as wds
 
+    skipped: list[list[str]] = []
+    shapes: Counter = Counter()
+    labels: Counter = Counter()
+    count = 0
+    with open(path, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
+        for i in range(task["start"], task["stop"]):
+            try:
+                sample, ext, payload, shape = _encode(source, task, i)
+            except BadSampleError as exc:
+                if not task["skip_bad"]:
+                    raise
+                skipped.append([exc.origin, exc.reason])
+                continue
+            sink.write({"__key__": f"{i:09d}", "cls": str(sample.label).encode(), "idx": str(i).encode(), ext: payload})
+            shapes[shape] += 1
+            labels[sample.label] += 1
+            count += 1
+    return {"nsamples": count, "skipped": skipped, "shapes": shapes, "labels": labels}
+
+
+def _write_index(tar: Path) -> Path:
+    """Write the DALI index file of a finished shard (under a temporary name, then renamed)."""
+    idx = index_path(tar)
+    tmp = tar.parent / f".{idx.name}.tmp{os.getpid()}"
+    tmp.write_text("\n".join(dali_index_lines(tar)) + "\n")
+    os.replace(tmp, idx)
+    return idx
+
+
+def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Write shard `task["shard"]` covering source indices [start, stop); returns its record."""
     source = _SOURCE
     assert source is not None
     out = Path(task["out"])
     url = task["url"]
     final = out / url
     tmp = out / f".{url}.tmp{os.getpid()}"
-    skipped: list[list[str]] = []
-    shapes: Counter = Counter()
-    labels: Counter = Counter()
-    count = 0
     try:
-        with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
-            for i in range(task["start"], task["stop"]):
-                try:
-                    sample = source.get(task["split"], i)
-                    if source.kind == "image":
-                        payload, shape = encode_image(sample, source.channels, task["image_size"], task["quality"])
-                        ext = "jpg"
-                    else:
-                        payload, shape = encode_volume(sample, source.channels, task["dtype"])
-                        ext = "npy"
-                    if not 0 <= sample.label < source.num_classes:
-                        raise BadSampleError(
-                            sample.origin, f"label {sample.label} outside [0, {source.num_classes})"
-                        )
-                except BadSampleError as exc:
-                    if not task["skip_bad"]:
-                        raise
-                    skipped.append([exc.origin, exc.reason])
-                    continue
-                sink.write(
-                    {
-                        "__key__": f"{i:09d}",
-                        "cls": str(sample.label).encode(),
-                        "idx": str(i).encode(),
-                        ext: payload,
-                    }
-                )
-                shapes[shape] += 1
-                labels[sample.label] += 1
-                count += 1
+        counts = _write_tar(source, task, tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    idx = index_path(final)
-    tmp_idx = out / f".{idx.name}.tmp{os.getpid()}"
-    tmp_idx.write_text("\n".join(dali_index_lines(final)) + "\n")
-    os.replace(tmp_idx, idx)
+    idx = _write_index(final)
     record = {
         "url": url,
-        "nsamples": count,
+        "nsamples": counts["nsamples"],
         "filesize": final.stat().st_size,
         "sha256": sha256_file(final),
         "dali_index": idx.name,
         "first_index": task["start"],
-        "skipped": skipped,
-        "shapes": [[list(k), v] for k, v in shapes.items()],
-        "labels": {str(k): v for k, v in labels.items()},
+        "skipped": counts["skipped"],
+        "shapes": [[list(k), v] for k, v in counts["shapes"].items()],
+        "labels": {str(k): v for k, v in counts["labels"].items()},
         "fingerprint": task["fingerprint"],
     }
     write_json(out / f".{url}.done", record)
@@ -125,6 +135,130 @@ def _reusable(out: Path, url: str, fp: str) -> dict[str, Any] | None:
     if not (out / record["dali_index"]).is_file():
         return None
     return record
+
+
+def _finished(manifest_path: Path, fp: str, overwrite: bool) -> dict[str, Any] | None:
+    """The split's manifest when it was written with the same arguments (and not `overwrite`); otherwise it is
+    removed, so the split counts as incomplete until the new one lands."""
+    if not manifest_path.exists():
+        return None
+    try:
+        old = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        old = {}
+    if old.get("fingerprint") == fp and not overwrite:
+        return old
+    manifest_path.unlink()
+    return None
+
+
+def _remove_stale(out: Path, name: str, split: str, urls: list[str]) -> None:
+    """Remove shards of an earlier, larger run (with their index and record) and temporary files."""
+    for stale in out.glob(f"{name}-{split}-*.tar"):
+        if stale.name not in urls:
+            stale.unlink()
+            index_path(stale).unlink(missing_ok=True)
+            (out / f".{stale.name}.done").unlink(missing_ok=True)
+    for tmp in out.glob(f".{name}-{split}-*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _counted(progress: Callable[[int], None] | None, record: dict[str, Any]) -> None:
+    if progress:
+        progress(record["nsamples"] + len(record["skipped"]))
+
+
+def _plan(
+    urls: list[str],
+    n: int,
+    common: dict[str, Any],
+    *,
+    shard_size: int,
+    overwrite: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """The records of shards finished earlier with the same arguments, and a task for every other shard."""
+    records: dict[int, dict[str, Any]] = {}
+    tasks = []
+    for k, url in enumerate(urls):
+        rec = None if overwrite else _reusable(Path(common["out"]), url, common["fingerprint"])
+        if rec is not None:
+            records[k] = rec
+            _counted(progress, rec)
+            continue
+        start, stop = k * shard_size, min(n, (k + 1) * shard_size)
+        tasks.append({"shard": k, "url": url, "start": start, "stop": stop, **common})
+    return records, tasks
+
+
+def _run(
+    source: Source,
+    tasks: list[dict[str, Any]],
+    workers: int,
+    records: dict[int, dict[str, Any]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Write the shards of `tasks` into `records`, in `workers` forked processes (here when one suffices)."""
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(source)
+        for t in tasks:
+            records[t["shard"]] = rec = _write_shard(t)
+            _counted(progress, rec)
+        return
+    ctx = mp.get_context("fork")
+    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(source,)) as pool:
+        for t, rec in zip(tasks, pool.imap(_write_shard, tasks)):
+            records[t["shard"]] = rec
+            _counted(progress, rec)
+
+
+def _manifest(
+    source: Source, params: dict[str, Any], fp: str, shardlist: list[dict[str, Any]], started: float
+) -> dict[str, Any]:
+    """The split's manifest from its shards' records (a wids shard index with the data set's metadata)."""
+    name, split, image = params["name"], params["split"], source.kind == "image"
+    skipped = [s for r in shardlist for s in r["skipped"]]
+    if skipped:
+        log.warning("%s/%s: skipped %d bad samples (first: %s: %s)", name, split, len(skipped), *skipped[0])
+    shapes: Counter = Counter()
+    labels: Counter = Counter()
+    for r in shardlist:
+        for shape, count in r["shapes"]:
+            shapes[tuple(shape)] += count
+        labels.update({int(k): v for k, v in r["labels"].items()})
+    total = sum(r["nsamples"] for r in shardlist)
+    if total == 0:
+        raise DataError(f"{source.name}/{split}: every sample was bad; nothing written")
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "format": FORMAT_VERSION,
+        "name": name,
+        "split": split,
+        "kind": source.kind,
+        "encoding": "jpg" if image else "npy",
+        "dtype": "uint8" if image else params["dtype"],
+        "num_samples": total,
+        "num_classes": source.num_classes,
+        "classes": list(source.classes),
+        "channels": source.channels,
+        "spatial_rank": 2 if image else 3,
+        "native_size": list(shapes.most_common(1)[0][0]),
+        "fixed_shape": len(shapes) == 1,
+        "mean": list(source.mean),
+        "std": list(source.std),
+        "label_counts": [labels.get(c, 0) for c in range(source.num_classes)],
+        "num_skipped": len(skipped),
+        "skipped": skipped[:1000],
+        "params": params,
+        "fingerprint": fp,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "shardlist": [
+            {k: r[k] for k in ("url", "nsamples", "filesize", "sha256", "dali_index", "first_index")}
+            for r in shardlist
+        ],
+    }
 
 
 def write_webdataset_split(
@@ -165,108 +299,25 @@ def write_webdataset_split(
         "format": FORMAT_VERSION,
     }
     fp = fingerprint(params)
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("fingerprint") == fp and not overwrite:
-            if progress:
-                progress(old.get("num_samples", 0))
-            return old
-        manifest_path.unlink()  # from here on the split is incomplete until the new manifest lands
-
+    old = _finished(out / MANIFEST, fp, overwrite)
+    if old is not None:
+        if progress:
+            progress(old.get("num_samples", 0))
+        return old
     num_shards = (n + shard_size - 1) // shard_size
     urls = [shard_name(name, split, k) for k in range(num_shards)]
-    for stale in out.glob(f"{name}-{split}-*.tar"):  # shards of an earlier, larger run
-        if stale.name not in urls:
-            stale.unlink()
-            index_path(stale).unlink(missing_ok=True)
-            (out / f".{stale.name}.done").unlink(missing_ok=True)
-    for tmp in out.glob(f".{name}-{split}-*.tmp*"):
-        tmp.unlink(missing_ok=True)
-
-    records: dict[int, dict[str, Any]] = {}
-    tasks = []
-    for k, url in enumerate(urls):
-        rec = None if overwrite else _reusable(out, url, fp)
-        if rec is not None:
-            records[k] = rec
-            if progress:
-                progress(rec["nsamples"] + len(rec["skipped"]))
-            continue
-        start, stop = k * shard_size, min(n, (k + 1) * shard_size)
-        tasks.append(
-            {
-                "shard": k, "url": url, "out": str(out), "split": split, "start": start, "stop": stop,
-                "image_size": image_size, "quality": quality, "dtype": dtype, "skip_bad": skip_bad,
-                "fingerprint": fp,
-            }
-        )
+    _remove_stale(out, name, split, urls)
+    common = {
+        "out": str(out), "split": split, "image_size": image_size, "quality": quality, "dtype": dtype,
+        "skip_bad": skip_bad, "fingerprint": fp,
+    }
+    records, tasks = _plan(urls, n, common, shard_size=shard_size, overwrite=overwrite, progress=progress)
     if tasks:
         log.info("%s/%s: writing %d of %d shards with %d workers", name, split, len(tasks), num_shards, workers)
     started = time.time()
-    if workers <= 1 or len(tasks) <= 1:
-        _init_worker(source)
-        for t in tasks:
-            records[t["shard"]] = rec = _write_shard(t)
-            if progress:
-                progress(rec["nsamples"] + len(rec["skipped"]))
-    else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(source,)) as pool:
-            for t, rec in zip(tasks, pool.imap(_write_shard, tasks)):
-                records[t["shard"]] = rec
-                if progress:
-                    progress(rec["nsamples"] + len(rec["skipped"]))
-
-    shardlist = [records[k] for k in range(num_shards)]
-    skipped = [s for r in shardlist for s in r["skipped"]]
-    if skipped:
-        log.warning("%s/%s: skipped %d bad samples (first: %s: %s)", name, split, len(skipped), *skipped[0])
-    shapes: Counter = Counter()
-    labels: Counter = Counter()
-    for r in shardlist:
-        for shape, count in r["shapes"]:
-            shapes[tuple(shape)] += count
-        labels.update({int(k): v for k, v in r["labels"].items()})
-    total = sum(r["nsamples"] for r in shardlist)
-    if total == 0:
-        raise DataError(f"{source.name}/{split}: every sample was bad; nothing written")
-    native = list(shapes.most_common(1)[0][0])
-    manifest = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "format": FORMAT_VERSION,
-        "name": name,
-        "split": split,
-        "kind": source.kind,
-        "encoding": "jpg" if source.kind == "image" else "npy",
-        "dtype": "uint8" if source.kind == "image" else dtype,
-        "num_samples": total,
-        "num_classes": source.num_classes,
-        "classes": list(source.classes),
-        "channels": source.channels,
-        "spatial_rank": 2 if source.kind == "image" else 3,
-        "native_size": native,
-        "fixed_shape": len(shapes) == 1,
-        "mean": list(source.mean),
-        "std": list(source.std),
-        "label_counts": [labels.get(c, 0) for c in range(source.num_classes)],
-        "num_skipped": len(skipped),
-        "skipped": skipped[:1000],
-        "params": params,
-        "fingerprint": fp,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(time.time() - started, 3),
-        "shardlist": [
-            {k: r[k] for k in ("url", "nsamples", "filesize", "sha256", "dali_index", "first_index")}
-            for r in shardlist
-        ],
-    }
-    write_json(manifest_path, manifest)
-    for r in shardlist:
-        (out / f".{r['url']}.done").unlink(missing_ok=True)
+    _run(source, tasks, workers, records, progress)
+    manifest = _manifest(source, params, fp, [records[k] for k in range(num_shards)], started)
+    write_json(out / MANIFEST, manifest)
+    for url in urls:
+        (out / f".{url}.done").unlink(missing_ok=True)
     return manifest
-
