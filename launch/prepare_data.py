@@ -1,7 +1,7 @@
 """Convert a data set into webdataset shards and/or FFCV betons, once, with a progress bar per split.
 
-    python launch/prepare_data.py digits --out data --formats webdataset,ffcv
-    python launch/prepare_data.py imagenet --src /datasets/imagenet --out data --image-size 256 --workers 16
+python launch/prepare_data.py digits --out data --formats webdataset,ffcv
+python launch/prepare_data.py imagenet --src /datasets/imagenet --out data --image-size 256 --workers 16
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ def _kv(text: str) -> tuple[str, object]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=list_sources(), help="data set layout to read")
-    p.add_argument("--src", help="folder (or file) holding the data set; not needed for digits/compass2d/compass3d")
-    p.add_argument("--out", required=True, help="output root; writes OUT/NAME/webdataset/SPLIT and OUT/NAME/ffcv")
+    p.add_argument(
+        "--src", help="folder (or file) holding the data set; not needed for digits/compass2d/compass3d"
+    )
+    p.add_argument(
+        "--out", required=True, help="output root; writes OUT/NAME/webdataset/SPLIT and OUT/NAME/ffcv"
+    )
     p.add_argument("--formats", default="webdataset", help="comma-separated: webdataset,ffcv")
-    p.add_argument("--image-size", type=int, help="generated sets: their size; others: resize the shorter side to N")
+    p.add_argument(
+        "--image-size", type=int, help="generated sets: their size; others: resize the shorter side to N"
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel writer processes")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
@@ -43,10 +49,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable samples (counted and logged)")
     p.add_argument("--overwrite", action="store_true", help="rewrite even if a complete output exists")
     p.add_argument("--volume-dtype", default="uint8", choices=["uint8", "float16"])
-    p.add_argument("--ffcv-max-resolution", type=int, help="FFCV: longest side stored (default: as in the shards)")
-    p.add_argument("--ffcv-write-mode", choices=["raw", "jpg", "smart"], help="FFCV image storage (default: by size)")
     p.add_argument(
-        "--option", "-o", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+        "--ffcv-max-resolution", type=int, help="FFCV: longest side stored (default: as in the shards)"
+    )
+    p.add_argument(
+        "--ffcv-write-mode", choices=["raw", "jpg", "smart"], help="FFCV image storage (default: by size)"
+    )
+    p.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
         help="source argument, e.g. -o labels=coarse (cifar100), -o frames=16 (ucf101), -o window=[40,400] (dicom)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
