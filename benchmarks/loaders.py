@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import build_loader, prepare
+from pipelines import BACKENDS, build_loader, prepare
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -46,7 +46,7 @@ def prepare_case(root: Path, dataset: str, stored: int, samples: int, workers: i
 
 def measure(backend: str, root: Path, name: str, size: int, batch: int, batches: int, workers: int) -> float:
     loader = build_loader(backend=backend, root=str(root), dataset=name, split="train", batch_size=batch, train=True,
-                          image_size=size, num_workers=workers, seed=0)
+                          image_size=size, workers=workers, seed=0)
     batches = min(batches, len(loader))
     it = iter(loader)
     for _ in range(2):  # warm-up: worker start, JIT, pipeline build
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(RESULTS / "data"))
     p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--backends", default="webdataset,ffcv,dali")
+    p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--repeats", type=int, default=3, help="fresh-process repeats per measurement (median kept)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", action="store_true", help="skip the ViT-S step measurement")

@@ -3,9 +3,12 @@
     from pipelines import build_loader, prepare
     prepare("digits", "data", formats=["webdataset", "ffcv"])
     loader = build_loader(backend="webdataset", root="data", dataset="digits", split="val",
-                          batch_size=64, train=False, image_size=32)
+                          batch_size=64, train=False, image_size=32, workers=2)
     for batch in loader: batch["input"], batch["label"]   # float (B, C, ...), int64 (B,)
 
+sources/ read users' layouts, writers/ make prepared splits, loaders/ read them; the on-disk format both
+sides share lives in shards/. Loader options use the words of the config's `data` section (workers,
+crop_scale, eval_crop_ratio, mixup, cutmix, flip, randaugment).
 Imports need torch and numpy only; webdataset, FFCV, DALI, PIL, nibabel, pydicom and PyAV are
 imported inside the functions that use them.
 """
@@ -40,10 +43,11 @@ def build_loader(
 ) -> Loader:
     """A loader over a prepared split; the same samples, order, labels and batch format for every backend.
 
-    Options (kwargs): num_workers, drop_last and shuffle (default: train), mixup_alpha, cutmix_alpha,
-    label_smoothing, crop_ratio (evaluation crop; default 0.875 from 128 px up, else 1), flip (random left-right
-    flips in training, default True; off for data whose labels tell left from right), scale (random
-    resized crop area range), verify (check shard checksums), device (DALI: "cpu", "gpu" or None = auto).
+    Options (kwargs), in the words of the config's `data` section: workers, flip (random left-right flips in
+    training, default True; off for data whose labels tell left from right), crop_scale (area range of the
+    random resized crop, default (0.08, 1)), eval_crop_ratio (evaluation crop; default 0.875 from 128 px up,
+    else 1), mixup and cutmix (Beta alphas; 0: off), label_smoothing; drop_last and shuffle (default: train),
+    verify (check shard checksums), device (DALI: "cpu", "gpu" or None = auto).
     `randaugment`: None (off) or [num_ops, magnitude], integers num_ops >= 1 and magnitude 0..30 (strength
     magnitude / 30 of each op's maximum; pipelines/randaugment.py): RandAugment on 2D training images, every
     backend; a ValueError for 3D volumes and video when train=True; ignored when train=False.

@@ -99,20 +99,21 @@ def volume_transform(
     size: tuple[int, int, int],
     train: bool,
     rng: np.random.Generator,
-    crop_ratio: float = 1.0,
-    allow_flip: bool = True,
+    *,
+    eval_crop_ratio: float = 1.0,
+    flip: bool = True,
 ) -> torch.Tensor:
-    """Training: random crop to `size` (after an upscale if the volume is smaller) and (``allow_flip``) a
-    random flip of the last (left-right) axis. Evaluation: resize to size / crop_ratio, then center crop to `size`."""
+    """Training: random crop to `size` (after an upscale if the volume is smaller) and (``flip``) a random
+    flip of the last (left-right) axis. Evaluation: resize to size / eval_crop_ratio, then center crop to `size`."""
     if train:
         scale = max(s / h for s, h in zip(size, vol.shape[1:]))
         if scale > 1:
             vol = resize_volume(vol, tuple(max(s, math.ceil(h * scale)) for s, h in zip(size, vol.shape[1:])))
         vol = crop_volume(vol, size, rng)
-        if rng.random() < 0.5 and allow_flip:  # drawn either way: the other draws stay the same
+        if rng.random() < 0.5 and flip:  # drawn either way: the other draws stay the same
             vol = vol.flip(-1)
         return vol
-    vol = resize_volume(vol, tuple(round(s / crop_ratio) for s in size))
+    vol = resize_volume(vol, tuple(round(s / eval_crop_ratio) for s in size))
     return crop_volume(vol, size, None)
 
 
@@ -121,19 +122,21 @@ def mix_batch(
     labels: torch.Tensor,
     num_classes: int,
     generator: np.random.Generator,
-    mixup_alpha: float = 0.0,
-    cutmix_alpha: float = 0.0,
+    *,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its reverse; returns the
-    mixed inputs and soft targets (B, num_classes). When both alphas are set, each batch picks one at
-    random; CutMix cuts one box across every spatial axis (2D or 3D) and corrects lambda to its area."""
+    mixed inputs and soft targets (B, num_classes). `mixup`/`cutmix` are the Beta(alpha, alpha) parameters
+    (0: off); when both are set, each batch picks one at random. CutMix cuts one box across every spatial
+    axis (2D or 3D) and corrects lambda to its area."""
     off = label_smoothing / num_classes
     targets = F.one_hot(labels, num_classes).to(torch.float32) * (1.0 - label_smoothing) + off
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or generator.random() < 0.5)
-    if not use_cutmix and mixup_alpha <= 0:
+    use_cutmix = cutmix > 0 and (mixup <= 0 or generator.random() < 0.5)
+    if not use_cutmix and mixup <= 0:
         return inputs, targets
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    alpha = cutmix if use_cutmix else mixup
     lam = float(generator.beta(alpha, alpha))
     flipped = inputs.flip(0)
     if use_cutmix:

@@ -49,8 +49,9 @@ class Loader:
     """Base class of the three backends: `for batch in loader` yields {"input", "label", "index"}.
 
     `input` is float32 (B, C, ...) normalized with the data set's mean/std, `label` int64 (B,),
-    `index` int64 (B,) the sample's index in the source split (identical across backends). With
-    mixup/cutmix, the batch also holds `target`, float32 (B, num_classes) soft labels.
+    `index` int64 (B,) the sample's index in the source split (identical across backends). In training
+    with mixup, cutmix or label_smoothing, the batch also holds `target`, float32 (B, num_classes) soft
+    labels (`label` stays the unmixed class).
     """
 
     backend = ""
@@ -67,12 +68,12 @@ class Loader:
         seed: int,
         drop_last: bool | None = None,
         shuffle: bool | None = None,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
         label_smoothing: float = 0.0,
-        crop_ratio: float | None = None,
-        scale: tuple[float, float] = (0.08, 1.0),
-        num_workers: int | None = None,
+        eval_crop_ratio: float | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        workers: int | None = None,
         randaugment: list[int] | tuple[int, int] | None = None,
         flip: bool = True,
     ):
@@ -91,10 +92,12 @@ class Loader:
         self.seed = int(seed)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.mixup, self.cutmix = float(mixup), float(cutmix)  # Beta(alpha, alpha) of mixup and cutmix; 0: off
         self.label_smoothing = float(label_smoothing)
-        self.crop_ratio = float(crop_ratio) if crop_ratio is not None else T.default_crop_ratio(min(self.image_size))
-        self.scale = tuple(scale)
+        self.eval_crop_ratio = (
+            T.default_crop_ratio(min(self.image_size)) if eval_crop_ratio is None else float(eval_crop_ratio)
+        )
+        self.crop_scale = tuple(crop_scale)
         self.flip = bool(flip) and self.train  # random left-right flips (off where labels know left from right)
         ra = parse_randaugment(randaugment)
         if ra is not None and self.train and (info.get("kind") != "image" or self.spatial_rank != 2):
@@ -104,7 +107,7 @@ class Loader:
                 "RandAugment); leave randaugment unset (None) for it"
             )
         self.randaugment = ra if self.train else None  # (num_ops, magnitude); evaluation never augments
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)
         self.epoch = 0
@@ -199,11 +202,12 @@ class Loader:
         if not raw.get("normalized", False):
             x = T.normalize(x, self.mean.to(x.device), self.std.to(x.device))
         batch = {"input": x, "label": raw["label"].to(torch.int64), "index": raw["index"].to(torch.int64)}
-        if self.train and (self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0):
+        if self.train and (self.mixup > 0 or self.cutmix > 0 or self.label_smoothing > 0):
             rng = np.random.default_rng([self.seed, epoch, batch_index, self.rank, 7])
             batch["input"], batch["target"] = T.mix_batch(
-                x, batch["label"], self.num_classes, rng, self.mixup_alpha, self.cutmix_alpha, self.label_smoothing
-            )
+                x, batch["label"], self.num_classes, rng,
+                mixup=self.mixup, cutmix=self.cutmix, label_smoothing=self.label_smoothing,
+            )  # fmt: skip
         return batch
 
     def __repr__(self) -> str:

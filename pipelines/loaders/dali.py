@@ -93,7 +93,7 @@ class DALILoader(Loader):
             try:
                 pipe = define(
                     batch_size=self.batch_size,
-                    num_threads=max(1, self.num_workers),
+                    num_threads=max(1, self.workers),
                     device_id=torch.cuda.current_device() if self.gpu else None,
                     seed=(self.seed * 1000003 + self.rank) % (2**31),
                     prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
@@ -122,7 +122,7 @@ class DALILoader(Loader):
             h, w = self.image_size
             if self.train:
                 img = fn.decoders.image_random_crop(
-                    enc, device=dec, output_type=out_type, random_area=list(self.scale),
+                    enc, device=dec, output_type=out_type, random_area=list(self.crop_scale),
                     random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
                 )
                 img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -131,7 +131,7 @@ class DALILoader(Loader):
                     img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
             else:
                 img = fn.decoders.image(enc, device=dec, output_type=out_type)
-                shorter = max(1, round(max(h, w) / self.crop_ratio))
+                shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
                 img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
                 mirror = 0
             out = fn.crop_mirror_normalize(
@@ -163,7 +163,7 @@ class DALILoader(Loader):
                 if self.flip:
                     out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
             else:
-                r = self.crop_ratio
+                r = self.eval_crop_ratio
                 dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
                 dhwc = fn.resize(dhwc, size=[round(d / r), round(h / r), round(w / r)],
                                  interp_type=types.INTERP_LINEAR, antialias=False)

@@ -59,10 +59,10 @@ class FFCVLoader(Loader):
         if self.info["kind"] == "image":
             size = self.image_size
             if self.train:
-                ops = [RandomResizedCropRGBImageDecoder(size, scale=self.scale)]
+                ops = [RandomResizedCropRGBImageDecoder(size, scale=self.crop_scale)]
                 ops += [RandomHorizontalFlip()] if self.flip else []
             else:
-                ops = [CenterCropRGBImageDecoder(size, ratio=self.crop_ratio)]
+                ops = [CenterCropRGBImageDecoder(size, ratio=self.eval_crop_ratio)]
             # uint8 out, normalized by torch into a new tensor: 1.6x faster here than FFCV's NormalizeImage plus
             # the copy its reused output buffers would need (on a GPU, add ToDevice before normalizing)
             pipes["image"] = [*ops, ToTensor(), ToTorchImage(channels_last=False)]
@@ -78,7 +78,7 @@ class FFCVLoader(Loader):
             self._loader = FLoader(
                 str(self.beton),
                 batch_size=self.batch_size,
-                num_workers=max(1, self.num_workers),
+                num_workers=max(1, self.workers),
                 order=OrderOption.SEQUENTIAL,
                 indices=order,
                 pipelines=self._pipelines(),
@@ -105,21 +105,27 @@ class FFCVLoader(Loader):
                 if self.info["kind"] == "volume" and self.info["dtype"] == "float16":
                     x = x.view(torch.float16)  # stored as uint16 bit patterns (numba has no float16)
                 # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
-                if image:
-                    x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
-                    if self.randaugment is not None:
-                        x = torch.stack([RA.rand_augment(img, *self.randaugment, RA.sample_rng(self.seed, epoch, int(p)))
-                                         for img, p in zip(x, b)])
-                    yield {"input": x, "label": label.clone(), "index": index.clone()}
-                else:
-                    vols = [
-                        T.volume_transform(v, self.image_size, self.train,
-                                           np.random.default_rng([self.seed, epoch, int(p)]), self.crop_ratio, self.flip)
-                        for v, p in zip(x, b)
-                    ]
-                    yield {"input": torch.stack(vols), "label": label.clone(), "index": index.clone()}
+                x = self._images(x, b, epoch) if image else self._volumes(x, b, epoch)
+                yield {"input": x, "label": label.clone(), "index": index.clone()}
         finally:
             it.close()  # stop FFCV's reader thread when an epoch is left early (resume, benchmarks)
+
+    def _images(self, x: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
+        """The decoded uint8 batch, gray as one channel, with RandAugment seeded per sample when asked for."""
+        x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
+        if self.randaugment is None:
+            return x
+        rngs = [RA.sample_rng(self.seed, epoch, int(p)) for p in positions]
+        return torch.stack([RA.rand_augment(img, *self.randaugment, rng) for img, rng in zip(x, rngs)])
+
+    def _volumes(self, x: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
+        """transforms.py's crop and flip of each volume, seeded per sample like the webdataset backend."""
+        vols = [
+            T.volume_transform(v, self.image_size, self.train, np.random.default_rng([self.seed, epoch, int(p)]),
+                               eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)
+            for v, p in zip(x, positions)
+        ]  # fmt: skip
+        return torch.stack(vols)
 
     def _next(self, it):
         """next(it), but an FFCV reader thread that died (it swallows the error into a thread traceback and

@@ -25,15 +25,16 @@ def load_image(
     size: tuple[int, int],
     train: bool,
     rng: np.random.Generator,
-    crop_ratio: float,
-    scale: tuple[float, float],
-    allow_flip: bool = True,
+    *,
+    crop_scale: tuple[float, float],
+    eval_crop_ratio: float,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Decode a JPEG and crop+resize it in one PIL resize: uint8 (C, H, W).
 
-    Training: Inception random-resized crop and (``allow_flip``) a horizontal flip with probability 1/2. Evaluation: the
-    centered square of side crop_ratio * shorter side, resized to `size`. Large JPEGs are decoded at a
-    reduced DCT scale (PIL's draft) when the crop still has at least `size` pixels.
+    Training: Inception random-resized crop of `crop_scale` of the area and (``flip``) a horizontal flip with
+    probability 1/2. Evaluation: the centered square of side eval_crop_ratio * shorter side, resized to `size`.
+    Large JPEGs are decoded at a reduced DCT scale (PIL's draft) when the crop still has at least `size` pixels.
     """
     from PIL import Image
 
@@ -41,11 +42,11 @@ def load_image(
     mode = "L" if channels == 1 else "RGB"
     w, h = img.size
     if train:
-        top, left, ch, cw = T.random_resized_crop_box(h, w, rng, scale)
-        flip = rng.random() < 0.5 and allow_flip  # drawn either way: the other draws stay the same
+        top, left, ch, cw = T.random_resized_crop_box(h, w, rng, crop_scale)
+        mirror = rng.random() < 0.5 and flip  # drawn either way: the other draws stay the same
     else:
-        top, left, ch, cw = T.center_crop_box(h, w, crop_ratio)
-        flip = False
+        top, left, ch, cw = T.center_crop_box(h, w, eval_crop_ratio)
+        mirror = False
     reduce = min(cw / size[1], ch / size[0])
     if reduce >= 2 and img.format == "JPEG":
         img.draft(mode, (math.ceil(w / reduce), math.ceil(h / reduce)))
@@ -54,7 +55,7 @@ def load_image(
         img = img.convert(mode)
     box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
     img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
-    if flip:
+    if mirror:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(img)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -68,12 +69,13 @@ def load_volume(
     size: tuple[int, int, int],
     train: bool,
     rng: np.random.Generator,
-    crop_ratio: float,
-    allow_flip: bool = True,
+    *,
+    eval_crop_ratio: float,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Decode an npy volume (C, D, H, W) and crop/flip (training) or resize and center crop (evaluation)."""
     vol = torch.from_numpy(decode_npy(data).copy())
-    return T.volume_transform(vol, size, train, rng, crop_ratio, allow_flip).contiguous()
+    return T.volume_transform(vol, size, train, rng, eval_crop_ratio=eval_crop_ratio, flip=flip).contiguous()
 
 
 class _Dataset(torch.utils.data.Dataset):
@@ -86,8 +88,8 @@ class _Dataset(torch.utils.data.Dataset):
         self.size = loader.image_size
         self.train = loader.train
         self.seed = loader.seed
-        self.crop_ratio = loader.crop_ratio
-        self.scale = loader.scale
+        self.eval_crop_ratio = loader.eval_crop_ratio
+        self.crop_scale = loader.crop_scale
         self.flip = loader.flip
         self.randaugment = loader.randaugment
 
@@ -99,11 +101,12 @@ class _Dataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, pos])
         data = self.reader.payload(pos)
         if self.kind == "image":
-            x = load_image(data, self.channels, self.size, self.train, rng, self.crop_ratio, self.scale, self.flip)
+            x = load_image(data, self.channels, self.size, self.train, rng, crop_scale=self.crop_scale,
+                           eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)  # fmt: skip
             if self.randaugment is not None:  # after the crop and flip, on the uint8 image
                 x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
         else:
-            x = load_volume(data, self.size, self.train, rng, self.crop_ratio, self.flip)
+            x = load_volume(data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)
         return x, self.reader.label(pos), self.reader.index(pos)
 
 
@@ -129,7 +132,7 @@ class WebDatasetLoader(Loader):
             return
         epoch = self.epoch
         sampler = [[(epoch, int(p)) for p in b] for b in batches]
-        workers = min(self.num_workers, len(sampler))
+        workers = min(self.workers, len(sampler))
         extra: dict[str, Any] = {}
         if workers > 0:
             extra = {"prefetch_factor": self.prefetch_factor, "multiprocessing_context": "fork"}

@@ -57,8 +57,10 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
     chosen = precision.resolve("auto", torch.device("cpu"))
     assert params["train.precision"] == chosen.name and params["train.precision_requested"] == "auto"
     assert params["train.precision_reason"] == chosen.reason
-    assert proc.stdout.splitlines()[0] == f"precision {chosen.name} ({chosen.reason})"
-    assert run.data.tags["mlflow.note.content"].startswith("vit_micro_patch4 with liere8 on digits at 16x16")
+    lines = proc.stdout.splitlines()  # rank 0 says it before anything of its own (rank 1 may print first)
+    first_model_line = next(i for i, line in enumerate(lines) if line.startswith("vit_nano_patch4 (liere8)"))
+    assert f"precision {chosen.name} ({chosen.reason})" in lines[:first_model_line]
+    assert run.data.tags["mlflow.note.content"].startswith("vit_nano_patch4 with liere8 on digits at 16x16")
     inputs = {i.dataset.digest: i for i in run.inputs.dataset_inputs}
     splits = sorted((i.dataset.name, {t.key: t.value for t in i.tags}["split"]) for i in inputs.values())
     assert splits == [("digits", "train"), ("digits", "val")]
@@ -101,9 +103,9 @@ def test_exported_weights_load_without_deepspeed_and_give_the_same_results(tmp_p
     weights = out / "model.safetensors"
     model = liere.load_model(weights).eval()
     assert model.encoding.block_size == 8
-    again = liere.create_model(
-        "vit_micro_patch4", checkpoint_path=weights, **liere.models.io.read_spec(weights)["kwargs"]
-    )
+    spec = liere.models.io.read_spec(weights)
+    assert spec["name"] == "vit_nano_patch4"  # configs/demo.yaml's model
+    again = liere.create_model(spec["name"], checkpoint_path=weights, **spec["kwargs"])
     state = load_file(str(weights))
     assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
     # the same validation numbers as the engine reported, from the exported file alone
@@ -120,7 +122,7 @@ def test_exported_weights_load_without_deepspeed_and_give_the_same_results(tmp_p
         image_size=16,
         rank=0,
         world_size=1,
-        num_workers=1,
+        workers=1,
     )
     mine = evaluate(model, loader, torch.device("cpu"))
     theirs = result["sweep"][0]

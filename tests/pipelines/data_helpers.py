@@ -7,9 +7,17 @@ import os
 
 import pytest
 
+LIBRARY = {"ffcv": "ffcv", "dali": "nvidia.dali"}  # the module each optional backend needs
+
 
 def require(module: str):
     """Import an optional library; skip without it locally, fail under CI=true (CI must run everything)."""
     if os.environ.get("CI") == "true":
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"{module} not installed (make test installs it)")
+
+
+def require_backend(backend: str) -> None:
+    """Skip (or, under CI=true, fail) when the library a backend needs is missing."""
+    if backend in LIBRARY:
+        require(LIBRARY[backend])

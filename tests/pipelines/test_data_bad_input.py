@@ -44,7 +44,7 @@ def test_corrupt_jpeg_names_the_file_or_is_skipped(tmp_path, workers, caplog):
     manifest = json.loads((webdataset_dir(tmp_path / "out", "imagenet", "train") / "manifest.json").read_text())
     assert manifest["num_skipped"] == 1 and manifest["skipped"][0][0] == str(bad)
     loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="imagenet", split="train",
-                          batch_size=11, train=False, image_size=16, num_workers=0)
+                          batch_size=11, train=False, image_size=16, workers=0)
     assert len(next(iter(loader))["label"]) == 11
 
 
@@ -151,6 +151,6 @@ def test_ffcv_reader_failure_is_an_error_not_a_hang(data_root, monkeypatch):
 
     monkeypatch.setattr(EpochIterator, "run_pipeline", broken)
     loader = build_loader(backend="ffcv", root=data_root, dataset="digits", split="val", batch_size=8, train=False,
-                          num_workers=1)
+                          workers=1)
     with pytest.raises(DataError, match=r"val.beton: FFCV's reader thread stopped \(RuntimeError: simulated"):
         next(iter(loader))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from data_helpers import require
 
-from pipelines import build_loader, dataset_info, ensure_prepared
+from pipelines import BACKENDS, build_loader, dataset_info, ensure_prepared
 from pipelines.paths import ffcv_file, webdataset_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_prepare_digits_then_every_backend(tmp_path):
     assert "val      ffcv" in proc.stdout and "done in" in proc.stdout  # summary
     assert ffcv_file(out, "digits", "val").is_file()
     labels = {}
-    for backend in ("webdataset", "ffcv", "dali"):
+    for backend in BACKENDS:
         loader = build_loader(backend=backend, root=str(out), dataset="digits", split="val", batch_size=64,
                               train=False, image_size=32, rank=0, world_size=1, seed=0)
         got = []

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from data_helpers import require
+from data_helpers import require_backend
 
-from pipelines import build_loader, dataset_info
-
-BACKENDS = ["webdataset", "ffcv", "dali"]
-LIB = {"ffcv": "ffcv", "dali": "nvidia.dali"}
+from pipelines import BACKENDS, build_loader, dataset_info
 
 
 def make(backend, root, dataset="digits", split="val", batch_size=32, train=False, image_size=None, **kw):
-    if backend in LIB:
-        require(LIB[backend])
-    kw.setdefault("num_workers", 1)
+    require_backend(backend)
+    kw.setdefault("workers", 1)
     return build_loader(backend=backend, root=str(root), dataset=dataset, split=split, batch_size=batch_size,
                         train=train, image_size=image_size, **kw)
 
@@ -63,7 +59,7 @@ def test_backends_yield_the_same_samples(data_root, dataset):
 
 def _has(backend):
     try:
-        require(LIB[backend])
+        require_backend(backend)
         return True
     except pytest.skip.Exception:
         return False
@@ -132,14 +128,14 @@ def test_resume_skips_exactly_the_consumed_batches(backend, data_root):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixup_and_cutmix_make_soft_targets(backend, data_root):
-    for kw in ({"mixup_alpha": 0.8}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}):
+    for kw in ({"mixup": 0.8}, {"cutmix": 1.0}, {"mixup": 0.8, "cutmix": 1.0}):
         loader = make(backend, data_root, "compass2d", "train", batch_size=16, train=True, image_size=16, **kw)
         b = next(iter(loader))
         t = b["target"]
         assert t.shape == (16, 8) and torch.allclose(t.sum(1), torch.ones(16))
         assert (t.max(1).values < 1).any(), "some targets are mixtures"
     vol = next(iter(make(backend, data_root, "compass3d", "train", batch_size=8, train=True, image_size=8,
-                         cutmix_alpha=1.0)))
+                         cutmix=1.0)))
     assert vol["target"].shape == (8, 6) and vol["input"].shape == (8, 1, 8, 8, 8)
 
 
@@ -169,3 +165,19 @@ def test_float16_volumes_read_the_same_on_every_backend(tmp_path):
         idx, lab, x = collect(make(backend, tmp_path, "compass3d", image_size=8, batch_size=8))
         assert torch.equal(idx, ref_idx) and torch.equal(lab, ref_lab)
         assert x.dtype == torch.float32 and (x - ref_x).abs().mean() < 0.05, backend
+
+
+def test_loader_options_are_the_config_words(data_root):
+    """build_loader takes the data options under the names of the config's `data` section."""
+    import dataclasses
+
+    from liere.engine.config import DataConfig
+
+    words = {"workers", "crop_scale", "eval_crop_ratio", "mixup", "cutmix", "flip", "randaugment"}
+    assert words <= {f.name for f in dataclasses.fields(DataConfig)}
+    loader = make("webdataset", data_root, train=True, image_size=16, workers=0, crop_scale=(0.5, 1.0),
+                  eval_crop_ratio=0.9, mixup=0.2, cutmix=0.3, flip=False, randaugment=[1, 5])  # fmt: skip
+    assert (loader.workers, loader.crop_scale, loader.eval_crop_ratio) == (0, (0.5, 1.0), 0.9)
+    assert (loader.mixup, loader.cutmix, loader.flip, loader.randaugment) == (0.2, 0.3, False, (1, 5))
+    with pytest.raises(TypeError, match="num_workers"):
+        make("webdataset", data_root, num_workers=0)

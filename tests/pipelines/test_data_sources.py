@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import cifar100_tree, dicom_tree, imagenet_tree, medmnist_npz, nifti_tree, ucf101_tree
-from data_helpers import require
+from data_helpers import LIBRARY, require
 
-from pipelines import build_loader, dataset_info, get_source, prepare
+from pipelines import BACKENDS, build_loader, dataset_info, get_source, prepare
 from pipelines.paths import webdataset_manifest
 
 WNIDS = ("n01440764", "n01443537", "n02102040")
@@ -41,7 +41,7 @@ def test_imagenet_prepare_and_load_passes_jpegs_through(tmp_path):
     info = dataset_info(tmp_path / "out", "imagenet")
     assert info["num_classes"] == 3 and info["channels"] == 3 and info["mean"] == [0.485, 0.456, 0.406]
     loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="imagenet", split="val",
-                          batch_size=4, train=False, image_size=24, num_workers=0)
+                          batch_size=4, train=False, image_size=24, workers=0)
     labels = torch.cat([b["label"] for b in loader])
     assert labels.tolist() == [(2 * i) % 3 for i in range(6)]
     import tarfile
@@ -87,11 +87,11 @@ def test_cifar100_round_trip_through_every_backend(tmp_path):
     formats = ["webdataset"] + (["ffcv"] if _importable("ffcv") else [])
     prepare("cifar100", tmp_path / "out", src=root, formats=formats, progress=False)
     ref = get_source("cifar100", src=root)
-    for backend in ["webdataset", "ffcv", "dali"]:
-        if backend != "webdataset" and not _importable({"ffcv": "ffcv", "dali": "nvidia.dali"}[backend]):
+    for backend in BACKENDS:
+        if backend in LIBRARY and not _importable(LIBRARY[backend]):
             continue
         loader = build_loader(backend=backend, root=tmp_path / "out", dataset="cifar100", split="val",
-                              batch_size=5, train=False, image_size=32, num_workers=1)
+                              batch_size=5, train=False, image_size=32, workers=1)
         batches = list(loader)
         labels = torch.cat([b["label"] for b in batches])
         assert labels.tolist() == [ref.get("val", i).label for i in range(12)], backend
@@ -120,7 +120,7 @@ def test_medmnist3d(tmp_path):
         assert np.array_equal(s.data[0], npz["test_images"][3]) and s.label == npz["test_labels"][3, 0]
     prepare("medmnist3d", tmp_path / "out", src=path, progress=False)
     loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="medmnist3d", split="train",
-                          batch_size=4, train=True, image_size=24, num_workers=0)
+                          batch_size=4, train=True, image_size=24, workers=0)
     b = next(iter(loader))
     assert b["input"].shape == (4, 1, 24, 24, 24)
     assert dataset_info(tmp_path / "out", "medmnist3d")["spatial_rank"] == 3
@@ -169,7 +169,7 @@ def test_ucf101_clips(tmp_path):
     assert np.all(np.diff(b1) > 0) and b2.min() > b1.max(), "frames in time order, second clip later"
     prepare("ucf101", tmp_path / "out", src=root, progress=False, image_size=32, frames=4)
     loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="ucf101", split="val",
-                          batch_size=3, train=False, num_workers=0)
+                          batch_size=3, train=False, workers=0)
     b = next(iter(loader))
     assert b["input"].shape == (3, 3, 4, 32, 32) and b["label"].tolist() == [0, 1, 2]
 

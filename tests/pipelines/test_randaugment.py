@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import require
+from data_helpers import require, require_backend
 
-from pipelines import build_loader
+from pipelines import BACKENDS, build_loader
 from pipelines import randaugment as RA
 
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 WITH_MAGNITUDE = (*GEOMETRIC, "solarize", "color", "posterize", "contrast", "brightness", "sharpness")
-LIB = {"ffcv": "ffcv", "dali": "nvidia.dali"}
 # DALI's own RandAugment suite still calls its deprecated alias fn.experimental.equalize
 pytestmark = pytest.mark.filterwarnings("ignore:.*experimental.equalize.*:DeprecationWarning")
 
@@ -45,9 +44,8 @@ def _ffcv_threads_finished():
 
 
 def make(backend, root, dataset="compass2d", split="train", train=True, image_size=16, batch_size=8, **kw):
-    if backend in LIB:
-        require(LIB[backend])
-    kw.setdefault("num_workers", 0 if backend == "webdataset" else 1)
+    require_backend(backend)
+    kw.setdefault("workers", 0 if backend == "webdataset" else 1)
     return build_loader(backend=backend, root=str(root), dataset=dataset, split=split, batch_size=batch_size,
                         train=train, image_size=image_size, **kw)
 
@@ -212,7 +210,7 @@ def test_epochs_differ(data_root):
     assert not torch.equal(first["input"], second["input"])
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "ffcv", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluation_loaders_never_augment(backend, data_root):
     plain = next(iter(make(backend, data_root, split="val", train=False)))
     aug_loader = make(backend, data_root, split="val", train=False, randaugment=[3, 30])
@@ -220,7 +218,7 @@ def test_evaluation_loaders_never_augment(backend, data_root):
     assert torch.equal(next(iter(aug_loader))["input"].cpu(), plain["input"].cpu())
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "ffcv", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("dataset", "channels"), [("compass2d", 3), ("digits", 1)])
 def test_every_backend_gives_augmented_batches_of_the_right_shape(backend, dataset, channels, data_root):
     loader = make(backend, data_root, dataset, randaugment=[2, 20])
@@ -237,8 +235,7 @@ def test_every_backend_gives_augmented_batches_of_the_right_shape(backend, datas
 def test_each_sample_gets_its_own_seed_epoch_position_generator(backend, data_root, monkeypatch):
     """FFCV crops with its own random numbers; its RandAugment draws from the same per-sample generators as
     the webdataset backend's, so both pick the same ops for a sample."""
-    if backend in LIB:
-        require(LIB[backend])
+    require_backend(backend)
     seen = []
     original = RA.rand_augment
 
@@ -255,7 +252,7 @@ def test_each_sample_gets_its_own_seed_epoch_position_generator(backend, data_ro
     assert seen == expected
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "ffcv", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_volumes_and_video_are_refused(backend, data_root):
     with pytest.raises(ValueError, match=r"randaugment is defined on 2D images.*volume"):
         make(backend, data_root, "compass3d", image_size=8, randaugment=[2, 9])
@@ -264,7 +261,7 @@ def test_volumes_and_video_are_refused(backend, data_root):
                 randaugment=[2, 9]).randaugment is None
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "ffcv", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_settings_are_refused_by_every_backend(backend, data_root):
     with pytest.raises(ValueError, match="randaugment"):
         make(backend, data_root, randaugment=[2, 40])
@@ -284,7 +281,7 @@ def parse(*args, **kwargs):
     return real(*args, **kwargs)
 gast.parse = parse
 loader = build_loader("dali", root={str(data_root)!r}, dataset="compass2d", split="train", batch_size=4,
-                      train=True, image_size=16, num_workers=1, randaugment=[2, 9])
+                      train=True, image_size=16, workers=1, randaugment=[2, 9])
 assert next(iter(loader))["input"].shape == (4, 3, 16, 16)
 assert not failures
 print("converted")
