@@ -1,7 +1,7 @@
 """Cost of each position encoding in a training step, as a ratio to ``ape`` measured in one run.
 
 For ViT-S/16 at 224 px (2D) and a ViT-S with 2 x 16 x 16 tubelets at 16 x 112 x 112 (3D), at each
-batch size and precision: the median time of a training step (forward, backward, AdamW step),
+batch size and precision (default: the one `train.precision: auto` picks here): the median time of a training step (forward, backward, AdamW step),
 the encodings interleaved step by step so that machine noise hits them alike; the peak memory of a
 fresh process doing the same steps; and the rotation computation alone (forward, forward +
 backward), with the paper's initialisation and the small one. Prints markdown tables and writes
@@ -159,11 +159,20 @@ def rotation_cost(model_kind: str, init: str, enc: str, reps: int, device: torch
     }
 
 
+def _precisions(text: str, device: torch.device) -> list[str]:
+    """The precisions to time; ``auto`` is what ``train.precision: auto`` picks on this device."""
+    from liere.engine.precision import resolve
+
+    return list(dict.fromkeys(resolve(name, device).name for name in text.split(",") if name))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="2d,3d")
     p.add_argument("--batches", default="8,32")
-    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument(
+        "--precisions", default="auto", help="comma list of fp32, bf16, auto (the training default's choice here)"
+    )
     p.add_argument("--inits", default="paper,small")
     p.add_argument("--encodings", default=",".join(ENCODINGS))
     p.add_argument("--reps", type=int, default=3, help="timed steps per encoding (median)")
@@ -197,7 +206,7 @@ def main() -> None:
                 results["rotations"].append({"model": model_kind, "init": init, "encoding": enc, **r})
                 print(f"| {enc} | {r['forward']:.4f} | {r['forward_backward']:.4f} |", flush=True)
             print()
-            for precision in split(args.precisions):
+            for precision in _precisions(args.precisions, device):
                 for batch in (int(b) for b in split(args.batches)):
                     times = time_steps(model_kind, batch, precision, init, encodings, args.reps, device)
                     mem = (

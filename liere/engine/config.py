@@ -18,7 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 from liere.engine.precision import PRECISIONS
 
 SCHEDULES = ("cosine", "constant")
-BACKENDS = ("webdataset", "ffcv", "dali")
 
 
 class ConfigError(ValueError):
@@ -131,74 +130,75 @@ class Config:
     config_path: str = MISSING  # set by load_config
 
 
+def _need(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {what}")
+
+
 def _check_values(cfg: DictConfig) -> None:
-    def need(ok: bool, key: str, value: Any, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={value!r}: {what}")
+    """Values the schema's types cannot express; the first wrong one raises ConfigError naming it."""
+    _check_run(cfg.train, cfg.optim, cfg.data)
+    _check_model(cfg.model, cfg.data)
+    _check_sparsity_and_eval(cfg)
 
-    t, o, d, m = cfg.train, cfg.optim, cfg.data, cfg.model
-    need(t.precision in PRECISIONS, "train.precision", t.precision, f"expected one of {PRECISIONS}")
-    need(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", t.zero_stage, "expected 0, 1, 2 or 3")
-    need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-    need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
-    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
-    need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
-    need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
-    need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
-    need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")
-    need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
-    need(
-        len(m.img_size) in (2, 3),
-        "model.img_size",
-        list(m.img_size),
-        "expected 2 (image) or 3 (volume) sizes",
-    )
-    need(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "expected token or avg")
-    import liere
 
-    need(
-        m.name in liere.list_models(),
-        "model.name",
-        m.name,
-        f"unknown model; registered: {liere.list_models()}",
-    )
-    encodings = liere.encodings.list_encodings()
-    need(
-        m.encoding in encodings,
-        "model.encoding",
-        m.encoding,
-        f"unknown encoding; expected one of {encodings}",
-    )
+def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
+    from pipelines import BACKENDS
+
+    _need(t.precision in PRECISIONS, "train.precision", t.precision, f"expected one of {PRECISIONS}")
+    _need(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", t.zero_stage, "expected 0, 1, 2 or 3")
+    _need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
+    _need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
+    _need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
+    _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
+    _need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")
+    _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
     ra = d.randaugment
-    need(
+    _need(
         ra is None or (len(ra) == 2 and ra[0] >= 1 and 0 <= ra[1] <= 30),
         "data.randaugment",
         None if ra is None else list(ra),
         "expected null or [num_ops >= 1, magnitude 0-30]",
     )
-    sp = cfg.sparsity
-    need(sp.weight >= 0, "sparsity.weight", sp.weight, "must be >= 0")
-    need(sp.tile >= 1, "sparsity.tile", sp.tile, "must be >= 1")
-    need(
+
+
+def _check_model(m: DictConfig, d: DictConfig) -> None:
+    import liere
+
+    _need(len(m.img_size) in (2, 3), "model.img_size", list(m.img_size), "expected 2 (image) or 3 (volume) sizes")
+    _need(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "expected token or avg")
+    models, encodings = liere.list_models(), liere.encodings.list_encodings()
+    _need(m.name in models, "model.name", m.name, f"unknown model; registered: {models}")
+    _need(m.encoding in encodings, "model.encoding", m.encoding, f"unknown encoding; expected one of {encodings}")
+
+
+def _check_sparsity_and_eval(cfg: DictConfig) -> None:
+    sp, m = cfg.sparsity, cfg.model
+    _need(sp.weight >= 0, "sparsity.weight", sp.weight, "must be >= 0")
+    _need(sp.tile >= 1, "sparsity.tile", sp.tile, "must be >= 1")
+    _need(
         sp.weight == 0 or m.encoding.startswith("liere"),
         "sparsity.weight",
         sp.weight,
         f"the penalty acts on LieRE generators; model.encoding is {m.encoding!r}",
     )
-    need(
-        sp.weight == 0 or t.zero_stage <= 2,
+    _need(
+        sp.weight == 0 or cfg.train.zero_stage <= 2,
         "sparsity.weight",
         sp.weight,
         "the penalty reads whole generators, which ZeRO-3 partitions: use train.zero_stage <= 2 "
         "(the encoding's parameters are tiny; stage 3 saves nothing on them)",
     )
+    axes = len(m.img_size)
     for size in cfg.eval.sizes:
-        ok = isinstance(size, int) or (len(size) == len(m.img_size) and all(isinstance(s, int) for s in size))
-        need(ok, "eval.sizes", size, f"each size is an int or a list of {len(m.img_size)} ints")
+        ok = isinstance(size, int) or (len(size) == axes and all(isinstance(s, int) for s in size))
+        _need(ok, "eval.sizes", size, f"each size is an int or a list of {axes} ints")
     for size in cfg.eval.canvas_sizes:
-        full = [size] * len(m.img_size) if isinstance(size, int) else list(size)
-        ok = len(full) == len(m.img_size) and all(isinstance(s, int) and s >= t for s, t in zip(full, m.img_size))
-        need(ok, "eval.canvas_sizes", size, f"each canvas is an int or {len(m.img_size)} ints, at least model.img_size")
+        full = [size] * axes if isinstance(size, int) else list(size)
+        ok = len(full) == axes and all(isinstance(s, int) and s >= t for s, t in zip(full, m.img_size))
+        _need(ok, "eval.canvas_sizes", size, f"each canvas is an int or {axes} ints, at least model.img_size")
 
 
 def _read_chain(path: Path) -> list[tuple[Path, DictConfig]]:

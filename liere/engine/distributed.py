@@ -70,22 +70,25 @@ def discover() -> DistEnv:
     return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]), launcher)
 
 
-def init(timeout_s: int) -> tuple[DistEnv, torch.device]:
+def device_for(denv: DistEnv) -> torch.device:
+    """This rank's device: its GPU when torch sees CUDA, else the CPU."""
+    return torch.device("cuda", denv.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.device]:
     """Discover the launcher, pick the device, and start the process group (NCCL or gloo)."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
 
-    denv = discover()
-    if torch.cuda.is_available():
-        device = torch.device("cuda", denv.local_rank)
+    denv = denv or discover()
+    device = device_for(denv)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
     if not dist.is_initialized():
         deepspeed.init_distributed(
-            dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s), verbose=False
+            dist_backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            verbose=False,
         )
     return denv, device
 

@@ -8,6 +8,7 @@ artifacts/), so nothing is lost; ``replay`` uploads such a folder later.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -67,6 +68,7 @@ class Tracker:
         self,
         active: bool,
         out_dir: Path,
+        *,
         uri: str | None,
         experiment: str,
         run_name: str,
@@ -90,6 +92,7 @@ class Tracker:
         try:
             import mlflow
 
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # its import resets it to INFO
             mlflow.set_tracking_uri(self.uri)
             use_experiment(mlflow, experiment)
             parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id and not run_id else None

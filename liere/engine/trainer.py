@@ -123,10 +123,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         quiet.filter_known_warnings()
         self.cfg = cfg
-        self.denv, self.device = distributed.init(cfg.train.dist_timeout_s)
-        self.precision = precision.resolve(cfg.train.precision, self.device)
+        denv = distributed.discover()
+        self.precision = precision.resolve(cfg.train.precision, distributed.device_for(denv))
         cfg.train.precision = self.precision.name  # what DeepSpeed, the inputs and the params see
-        log0(self.denv, f"precision {self.precision.name} ({self.precision.reason})")
+        log0(denv, f"precision {self.precision.name} ({self.precision.reason})")  # the run's first line
+        self.denv, self.device = distributed.init(cfg.train.dist_timeout_s, denv)
         self.out_dir = Path(cfg.train.out_dir)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
 
@@ -178,8 +179,8 @@ class Trainer:
         """Rank 0's MLflow run (a no-op tracker elsewhere); a new run records params, tags and data."""
         cfg, denv, t = self.cfg, self.denv, self.cfg.tracking
         tracker = Tracker(
-            denv.is_main and t.enabled, self.out_dir, t.uri, t.experiment, t.run_name,
-            self.progress.mlflow_run_id, t.system_metrics, t.parent_run_id,
+            denv.is_main and t.enabled, self.out_dir, uri=t.uri, experiment=t.experiment, run_name=t.run_name,
+            run_id=self.progress.mlflow_run_id, system_metrics=t.system_metrics, parent_run_id=t.parent_run_id,
         )  # fmt: skip
         n_params = sum(p.numel() for p in model.parameters())
         flops = liere.count_flops(model)["total"]

@@ -157,7 +157,7 @@ def test_submit_py_trains_on_two_nodes_and_prints_job_logs_and_run(slurm_cluster
     run = mlflow_client(tmp_path).get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "submit-test"
     assert run.data.tags["world_size"] == "2" and run.data.tags["slurm_job_id"] == job_id
-    assert "vit_micro_patch4 (liere8)" in Path(logs).read_text()  # rank 0's output in task 0's log
+    assert "vit_nano_patch4 (liere8)" in Path(logs).read_text()  # rank 0's output in task 0's log
 
 
 def _assert_one_continuous_run(tmp_path: Path, out: Path, first_run_id: str, steps: int, every: int) -> None:
