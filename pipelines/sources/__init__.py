@@ -1,41 +1,12 @@
-"""Source registry: name -> class, imported on first use so `import pipelines` stays light."""
+"""Sources: random access to data sets in the layouts users already have, registered by name.
+
+Each module registers its classes with `@register_source`; importing them here fills the registry.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from pipelines.sources import cifar, embedded, imagefolder, medmnist, ucf101, volumes  # noqa: F401  (they register)
 from pipelines.sources.base import Sample, Source
+from pipelines.sources.registry import get_source, list_sources, register_source, source_class
 
-_REGISTRY: dict[str, str] = {
-    "digits": "pipelines.sources.embedded:Digits",
-    "compass2d": "pipelines.sources.embedded:Compass2D",
-    "compass3d": "pipelines.sources.embedded:Compass3D",
-    "imagefolder": "pipelines.sources.imagefolder:ImageFolder",
-    "imagenet": "pipelines.sources.imagefolder:ImageNet",
-    "cifar100": "pipelines.sources.cifar:Cifar100",
-    "medmnist3d": "pipelines.sources.medmnist:MedMNIST3D",
-    "nifti": "pipelines.sources.volumes:NiftiFolder",
-    "dicom": "pipelines.sources.volumes:DicomFolder",
-    "ucf101": "pipelines.sources.ucf101:UCF101",
-}
-
-
-def list_sources() -> list[str]:
-    """Names accepted by get_source and by launch/prepare_data.py."""
-    return sorted(_REGISTRY)
-
-
-def source_class(name: str) -> type[Source]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown source {name!r}; known: {', '.join(list_sources())}")
-    module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def get_source(name: str, **kwargs: Any) -> Source:
-    """Instantiate the source `name` with its own arguments (e.g. src=..., size=...)."""
-    return source_class(name)(**kwargs)
-
-
-__all__ = ["Sample", "Source", "get_source", "list_sources", "source_class"]
+__all__ = ["Sample", "Source", "get_source", "list_sources", "register_source", "source_class"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipelines.errors import DataError
 from pipelines.sources.base import Sample, Source
+from pipelines.sources.registry import register_source
 from pipelines.sources.stats import channel_stats
 
 _ALLOWED = {
@@ -51,6 +52,7 @@ def _key(d: dict, key: str, path: Path) -> Any:
     return d[key]
 
 
+@register_source
 class Cifar100(Source):
     """CIFAR-100 (Krizhevsky 2009): 50k train / 10k test 32x32 RGB images, 100 fine or 20 coarse classes."""
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.sources.base import Sample, Source
+from pipelines.sources.registry import register_source
 
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
@@ -27,6 +28,7 @@ def _stats(arrays: list[np.ndarray], channels: int) -> tuple[tuple[float, ...], 
     return tuple(float(v) for v in x.mean(axis=1)), tuple(float(v) for v in std)
 
 
+@register_source
 class Digits(Source):
     """scikit-learn's handwritten digits, 10 classes; every 5th image is `val`; upsampled to `size`."""
 
@@ -105,6 +107,7 @@ class _Compass(Source):
         return anchor, anchor + disp
 
 
+@register_source
 class Compass2D(_Compass):
     """RGB images; label = one of 8 compass directions (E, NE, N, ... SE) from the red to the green mark."""
 
@@ -133,6 +136,7 @@ class Compass2D(_Compass):
         return Sample(img, label, f"{self.name} seed={self.seed} {split}#{index}")
 
 
+@register_source
 class Compass3D(_Compass):
     """One-channel volumes; label = dominant axis and sign (+x, -x, +y, -y, +z, -z) from bright to dim mark."""
 

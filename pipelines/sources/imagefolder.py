@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines.errors import BadSampleError, DataError
 from pipelines.sources.base import IMAGENET_MEAN, IMAGENET_STD, Sample, Source
+from pipelines.sources.registry import register_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -30,6 +31,7 @@ def _read_bytes(path: Path) -> bytes:
         raise BadSampleError(str(path), f"cannot read file ({exc.strerror or exc})") from exc
 
 
+@register_source
 class ImageFolder(Source):
     """Any `{src}/{split}/{class}/image` tree; classes are the sorted folder names of the first split."""
 
@@ -39,6 +41,7 @@ class ImageFolder(Source):
     def __init__(
         self,
         src: str | os.PathLike,
+        *,
         splits: list[str] | None = None,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
         mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -106,6 +109,7 @@ class ImageFolder(Source):
                 "counts": {s: len(f) for s, f in self.files.items()}}
 
 
+@register_source
 class ImageNet(ImageFolder):
     """ImageNet-1k: `train/<wnid>/*.JPEG`; `val/` foldered by wnid, or flat with one of the label files."""
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from pipelines.errors import DataError
 from pipelines.sources.base import Sample, Source
+from pipelines.sources.registry import register_source
 from pipelines.sources.stats import channel_stats
 
 # Number of classes per 3D set, from the MedMNIST v2 paper's Table 1 (multi-class / binary tasks).
@@ -27,6 +28,7 @@ KNOWN_CLASSES = {
 }
 
 
+@register_source
 class MedMNIST3D(Source):
     """One MedMNIST-3D `.npz` (a file, or a folder holding exactly one); volumes stored as (1, D, H, W)."""
 

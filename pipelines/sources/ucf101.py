@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pipelines.errors import BadSampleError, DataError
 from pipelines.sources.base import IMAGENET_MEAN, IMAGENET_STD, Sample, Source
+from pipelines.sources.registry import register_source
 
 
 def _find(root: Path, name: str) -> Path:
@@ -47,6 +48,7 @@ def clip_indices(num_frames: int, frames: int, clip: int, clips: int) -> np.ndar
     return np.minimum(np.floor(start + step * (np.arange(frames) + 0.5)).astype(int), num_frames - 1)
 
 
+@register_source
 class UCF101(Source):
     name = "ucf101"
     kind = "volume"

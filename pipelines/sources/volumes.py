@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from pipelines.errors import BadSampleError, DataError
 from pipelines.sources.base import Sample, Source
+from pipelines.sources.registry import register_source
 
 # Common CT windows (center, width) in HU, as used in radiology practice and the RSNA challenge notebooks.
 CT_WINDOWS = {"brain": (40, 80), "subdural": (80, 200), "soft_tissue": (40, 400), "lung": (-600, 1500),
@@ -72,6 +73,7 @@ class _VolumeFolder(Source):
     def __init__(
         self,
         src: str | os.PathLike,
+        *,
         labels: str | os.PathLike | None = None,
         shape: tuple[int, int, int] | list[int] = (64, 128, 128),
         mode: str = "resize",
@@ -166,6 +168,7 @@ class _VolumeFolder(Source):
                 "counts": {s: len(v) for s, v in self.items.items()}}
 
 
+@register_source
 class NiftiFolder(_VolumeFolder):
     """`{src}/{id}.nii.gz` (or `.nii`), reoriented to the closest canonical (RAS) axes, stored as (D=z, H=y, W=x)."""
 
@@ -188,6 +191,7 @@ class NiftiFolder(_VolumeFolder):
         return np.ascontiguousarray(vol.transpose(2, 1, 0)), None  # (x, y, z) -> (z, y, x)
 
 
+@register_source
 class DicomFolder(_VolumeFolder):
     """`{src}/{id}/` holding one DICOM series (searched recursively); slices ordered by position along the
     slice normal (ImagePositionPatient . normal of ImageOrientationPatient), else by InstanceNumber;

@@ -15,6 +15,19 @@ def test_registry_lists_every_source():
         get_source("mnist")
 
 
+def test_sources_register_under_their_own_name():
+    from pipelines.sources import Source, register_source, source_class
+
+    assert all(source_class(n).name == n for n in list_sources())
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_source
+        class Again(Source):
+            name = "digits"
+
+    assert source_class("digits").__name__ == "Digits"
+
+
 def test_digits_are_the_real_sklearn_digits():
     from sklearn.datasets import load_digits
 
