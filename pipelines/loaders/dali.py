@@ -3,7 +3,8 @@
 The encoded samples (JPEG or npy bytes, sliced from the mmapped tars through the DALI index files)
 are fed to the pipeline with `external_source`, so the order, rank partition and resume match the
 other backends exactly. On a machine with a GPU the JPEGs are decoded with DALI's mixed (nvJPEG)
-decoder and every later op runs on the GPU; here everything runs on the CPU (`device_id=None`).
+decoder and every later op runs on the GPU; without one (or with device="cpu") everything runs on
+the CPU (`device_id=None`).
 RandAugment (2D training) is DALI's own `auto_aug.rand_augment` suite, set to randaugment.py's ranges; it
 needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then.
 """

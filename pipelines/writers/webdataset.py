@@ -198,7 +198,7 @@ def _run(
     records: dict[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Write the shards of `tasks` into `records`, in `workers` forked processes (here when one suffices)."""
+    """Write the shards of `tasks` into `records`, in `workers` forked processes (in this one when one suffices)."""
     if workers <= 1 or len(tasks) <= 1:
         _init_worker(source)
         for t in tasks:
