@@ -11,12 +11,15 @@ import torch
 import liere
 from liere.engine.canvas import place_on_canvas
 from liere.engine.checkpoint import export_checkpoint
-from liere.engine.evaluate import evaluate, resolution_sweep, shuffle_patches, size_name, write_sweep_report
+from liere.engine.evaluate import (
+    evaluate,
+    per_axis_sizes,
+    resolution_sweep,
+    shuffle_patches,
+    size_name,
+    write_sweep_report,
+)
 from liere.engine.regularizer import reportable, write_report
-
-
-def _sizes(values, axes: int) -> list[list[int]]:
-    return [[s] * axes if isinstance(s, int) else list(s) for s in values]
 
 
 def final_evaluation(trainer) -> dict[str, Any]:
@@ -26,7 +29,7 @@ def final_evaluation(trainer) -> dict[str, Any]:
 
     cfg, denv, engine, step = trainer.cfg, trainer.denv, trainer.engine, trainer.progress.step
     train_size, dtype = list(cfg.model.img_size), trainer.precision.dtype
-    sizes = _sizes(cfg.eval.sizes, len(train_size)) or [train_size]
+    sizes = per_axis_sizes(cfg.eval.sizes, len(train_size)) or [train_size]
     rows = resolution_sweep(engine, lambda size: eval_loader(cfg, denv, size), sizes, denv, dtype)
     out: dict[str, Any] = {"sweep": rows}
     for row in rows:
@@ -36,7 +39,7 @@ def final_evaluation(trainer) -> dict[str, Any]:
     trainer.tracker.log_metrics({"val/top1": main_row["top1"], "val/top5": main_row["top5"]}, step)
     patch = engine.module.patch_size
     probes = [("shuffled", None)] if cfg.eval.shuffle_patches else []
-    probes += [("canvas", size) for size in _sizes(cfg.eval.canvas_sizes, len(train_size))]
+    probes += [("canvas", size) for size in per_axis_sizes(cfg.eval.canvas_sizes, len(train_size))]
     for kind, size in probes:
         gen = torch.Generator().manual_seed(cfg.train.seed)
         if kind == "shuffled":

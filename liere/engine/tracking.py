@@ -1,8 +1,8 @@
 """MLflow tracking from rank 0, which never stops training.
 
 If the tracking server cannot be reached (at start or mid-run), the tracker says so once and
-keeps everything in ``<out_dir>/mlflow_offline/`` (params.json, tags.json, metrics.jsonl,
-artifacts/), so nothing is lost; ``replay`` uploads such a folder later.
+keeps everything in ``<out_dir>/mlflow_offline/`` (params.jsonl, tags.jsonl, metrics.jsonl,
+inputs.jsonl, artifacts/), so nothing is lost; ``replay`` uploads such a folder later.
 """
 
 from __future__ import annotations
@@ -148,22 +148,21 @@ class Tracker:
         """The run's description (the MLflow UI shows it on the run page)."""
         self.set_tags({"mlflow.note.content": text})
 
-    def log_dataset(self, *, name: str, split: str, samples: int | None, digest: str, source: str, context: str) -> None:
+    def log_dataset(
+        self, *, name: str, split: str, samples: int | None, digest: str, source: str, context: str
+    ) -> None:
         """One split as an MLflow data set input (the runs table's Dataset column)."""
-        record = {"name": name, "split": split, "samples": samples, "digest": digest, "source": source, "context": context}
+        record = {
+            "name": name,
+            "split": split,
+            "samples": samples,
+            "digest": digest,
+            "source": source,
+            "context": context,
+        }
 
         def online() -> None:
-            import warnings
-
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": two equal local kinds
-                warnings.simplefilter("ignore", UserWarning)
-                origin = resolve_dataset_source(source)
-            dataset = MetaDataset(origin, name=name, digest=digest)
-            tags = {"split": split, "samples": str(samples)}
-            self._mlflow.log_input(dataset, context=context, tags=tags)
+            _log_input(self._mlflow, **record)
 
         self._call("log_input", online, lambda: self._append("inputs.jsonl", record))
 
@@ -191,6 +190,19 @@ class Tracker:
                 self._mlflow.end_run(status=status)
             except Exception as err:
                 print(f"[tracking] could not close the MLflow run: {err}", file=sys.stderr)
+
+
+def _log_input(mlflow, *, name: str, split: str, samples, digest: str, source: str, context: str) -> None:
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two equal local kinds
+        warnings.simplefilter("ignore", UserWarning)
+        origin = resolve_dataset_source(source)
+    dataset = MetaDataset(origin, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context, tags={"split": split, "samples": str(samples)})
 
 
 def host_tags(world_size: int) -> dict[str, str]:
@@ -222,6 +234,8 @@ def replay(
             mlflow.log_params(rec)
         for rec in records("tags.jsonl"):
             mlflow.set_tags(rec)
+        for rec in records("inputs.jsonl"):
+            _log_input(mlflow, **rec)
         for rec in records("metrics.jsonl"):
             step, _ = rec.pop("step"), rec.pop("time", None)
             mlflow.log_metrics(rec, step=step)
