@@ -87,7 +87,7 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 demo: $(VENV)/.demo
 	OMP_NUM_THREADS=$(if $(HAS_GPU),4,1) $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) \
 		launch/train.py configs/demo.yaml tracking.run_name=demo-$$(date +%Y%m%d-%H%M%S)
-	@echo "browse the run: make ui  (MLflow at $(MLFLOW_TRACKING_URI))"
+	@echo "every run of this checkout: make ui, then http://127.0.0.1:$(UI_PORT)/#/?workflowType=machine_learning"
 
 ui: $(VENV)/.demo
 	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT) for $(MLFLOW_TRACKING_URI) (Ctrl-C stops it)"

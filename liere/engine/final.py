@@ -89,12 +89,17 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
     tracker.log_artifact(out_dir / "summary.json")
     print("\n" + table.read_text(), flush=True)
     print(f"weights: {weights}  (liere.load_model(path) rebuilds the model without DeepSpeed)")
-    print(plain_summary(cfg, {**summary, **extra}), flush=True)
     print(
         f"MLflow run {tracker.run_id} at {tracker.uri}"
         + ("" if tracker.online else f" (offline: kept in {tracker.offline_dir})"),
         flush=True,
     )
+    print("\n" + plain_summary(cfg, {**summary, **extra}), flush=True)
+    page = tracker.run_page()
+    if page and not page.startswith("http"):
+        print(f"to open it: make ui, then http://127.0.0.1:5000/{page}", flush=True)
+    elif page:
+        print(f"to open it: {page}", flush=True)
     return {**extra, "weights": str(weights)}
 
 

@@ -78,6 +78,7 @@ class Tracker:
     ) -> None:
         self.active, self.offline_dir = active, Path(out_dir) / "mlflow_offline"
         self.run_id: str | None = run_id
+        self.experiment_id: str | None = None
         self.online = False
         self._warned = False  # said once that the server is out of reach (again if it drops mid-run)
         self.uri = resolve_uri(uri)
@@ -103,6 +104,7 @@ class Tracker:
                 tags=parent,  # a child of a sweep's parent run (launch/compare.py)
             )
             self.run_id, self.online, self._mlflow = run.info.run_id, True, mlflow
+            self.experiment_id = run.info.experiment_id
         except Exception as err:  # any backend failure must not stop training
             self._go_offline(f"MLflow at {self.uri} failed: {err}")
 
@@ -143,6 +145,14 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         tags = {k: str(v) for k, v in tags.items()}
         self._call("set_tags", lambda: self._mlflow.set_tags(tags), lambda: self._append("tags.jsonl", tags))
+
+    def run_page(self) -> str | None:
+        """Where the MLflow UI shows this run: a URL on a tracking server, else the page's path (the
+        ``workflowType`` parameter opens the model-training view, not MLflow 3's GenAI default)."""
+        if not self.online or self.experiment_id is None:
+            return None
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        return f"{self.uri.rstrip('/')}/{page}" if self.uri.startswith(("http://", "https://")) else page
 
     def set_description(self, text: str) -> None:
         """The run's description (the MLflow UI shows it on the run page)."""
