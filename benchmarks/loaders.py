@@ -39,14 +39,33 @@ CASES = [
 
 def prepare_case(root: Path, dataset: str, stored: int, samples: int, workers: int) -> str:
     name = f"{dataset}_{stored}"
-    prepare(dataset, root, name=name, formats=["webdataset", "ffcv"], image_size=stored, num_train=samples,
-            num_val=64, workers=workers, shard_size=1000, progress=False)
+    prepare(
+        dataset,
+        root,
+        name=name,
+        formats=["webdataset", "ffcv"],
+        image_size=stored,
+        num_train=samples,
+        num_val=64,
+        workers=workers,
+        shard_size=1000,
+        progress=False,
+    )
     return name
 
 
 def measure(backend: str, root: Path, name: str, size: int, batch: int, batches: int, workers: int) -> float:
-    loader = build_loader(backend=backend, root=str(root), dataset=name, split="train", batch_size=batch, train=True,
-                          image_size=size, workers=workers, seed=0)
+    loader = build_loader(
+        backend=backend,
+        root=str(root),
+        dataset=name,
+        split="train",
+        batch_size=batch,
+        train=True,
+        image_size=size,
+        workers=workers,
+        seed=0,
+    )
     batches = min(batches, len(loader))
     it = iter(loader)
     for _ in range(2):  # warm-up: worker start, JIT, pipeline build
@@ -111,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--backends", default=",".join(BACKENDS))
-    p.add_argument("--repeats", type=int, default=3, help="fresh-process repeats per measurement (median kept)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process repeats per measurement (median kept)"
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-model", action="store_true", help="skip the ViT-S step measurement")
     args = p.parse_args(argv)
@@ -124,13 +145,33 @@ def main(argv: list[str] | None = None) -> int:
         name = prepare_case(root, dataset, stored, samples, args.workers)
         rates, runs = {}, {}
         for backend in backends:
-            runs[backend] = measure_isolated(backend, root, name, size, batch, batches, args.workers,
-                                             repeats=1 if args.quick else args.repeats)
+            runs[backend] = measure_isolated(
+                backend,
+                root,
+                name,
+                size,
+                batch,
+                batches,
+                args.workers,
+                repeats=1 if args.quick else args.repeats,
+            )
             rates[backend] = statistics.median(runs[backend])
-            print(f"{label:<9} {backend:<11} {rates[backend]:>9.0f} samples/s  (runs: "
-                  + ", ".join(f"{r:.0f}" for r in runs[backend]) + ")", flush=True)
-        rows.append({"case": label, "dataset": name, "train_size": size, "batch_size": batch, "samples_per_s": rates,
-                     "runs": runs})
+            print(
+                f"{label:<9} {backend:<11} {rates[backend]:>9.0f} samples/s  (runs: "
+                + ", ".join(f"{r:.0f}" for r in runs[backend])
+                + ")",
+                flush=True,
+            )
+        rows.append(
+            {
+                "case": label,
+                "dataset": name,
+                "train_size": size,
+                "batch_size": batch,
+                "samples_per_s": rates,
+                "runs": runs,
+            }
+        )
     vit = None if args.no_model else vit_step_rate(batch=16, steps=2 if args.quick else 4)
 
     print()
@@ -139,18 +180,30 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     for r in rows:
         rates = r["samples_per_s"]
-        ratios = [rates[b] / rates["webdataset"] if b in rates and "webdataset" in rates else float("nan")
-                  for b in ("ffcv", "dali")]
+        ratios = [
+            rates[b] / rates["webdataset"] if b in rates and "webdataset" in rates else float("nan")
+            for b in ("ffcv", "dali")
+        ]
         r["ratio_vs_webdataset"] = {"ffcv": ratios[0], "dali": ratios[1]}
-        print(f"{r['case']:<9} " + " ".join(f"{rates[b]:>11.0f}" for b in backends)
-              + f"   {ratios[0]:>8.2f}x {ratios[1]:>8.2f}x")
+        print(
+            f"{r['case']:<9} "
+            + " ".join(f"{rates[b]:>11.0f}" for b in backends)
+            + f"   {ratios[0]:>8.2f}x {ratios[1]:>8.2f}x"
+        )
     if vit is not None:
         slowest = min(rows[1]["samples_per_s"].values())
-        print(f"\nViT-S/16 LieRE-8 training step at 224 px on this CPU: {vit:.1f} samples/s; slowest 224 px loader "
-              f"{slowest:.0f} samples/s = {slowest / vit:.0f}x the model's demand")
+        print(
+            f"\nViT-S/16 LieRE-8 training step at 224 px on this CPU: {vit:.1f} samples/s; slowest 224 px loader "
+            f"{slowest:.0f} samples/s = {slowest / vit:.0f}x the model's demand"
+        )
     out = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "workers": args.workers,
         "timed_batches": batches,
         "results": rows,
@@ -159,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "loaders.json").write_text(json.dumps(out, indent=1) + "\n")
-    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-          "(other work on the machine lowers every number)")
+    print(
+        f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(other work on the machine lowers every number)"
+    )
     print(f"wrote {RESULTS / 'loaders.json'}")
     return 0
 

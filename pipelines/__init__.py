@@ -57,7 +57,12 @@ def build_loader(
 
     rank, world_size = resolve_rank(rank, world_size)
     common = dict(
-        batch_size=batch_size, train=train, image_size=image_size, rank=rank, world_size=world_size, seed=seed,
+        batch_size=batch_size,
+        train=train,
+        image_size=image_size,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
         randaugment=randaugment,
     )
     if backend == "webdataset":
@@ -67,7 +72,12 @@ def build_loader(
     if backend == "ffcv":
         from pipelines.loaders.ffcv import FFCVLoader
 
-        return FFCVLoader(paths.ffcv_file(root, dataset, split), paths.ffcv_manifest(root, dataset, split), **common, **kwargs)
+        return FFCVLoader(
+            paths.ffcv_file(root, dataset, split),
+            paths.ffcv_manifest(root, dataset, split),
+            **common,
+            **kwargs,
+        )
     if backend == "dali":
         from pipelines.loaders.dali import DALILoader
 

@@ -34,7 +34,9 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, smoothing=0.1)
 
 
-def make_source(source: str | Source, src: str | os.PathLike | None, image_size: int | None, **kwargs: Any) -> tuple[Source, int | None]:
+def make_source(
+    source: str | Source, src: str | os.PathLike | None, image_size: int | None, **kwargs: Any
+) -> tuple[Source, int | None]:
     """Build the source; for generated/embedded sets `image_size` is their native size, for others a resize."""
     if isinstance(source, Source):
         return source, image_size
@@ -42,7 +44,9 @@ def make_source(source: str | Source, src: str | os.PathLike | None, image_size:
     params = _init_params(cls)
     if cls.needs_src:
         if src is None:
-            raise DataError(f"source {source!r} reads files: pass --src PATH (the folder that holds the data set)")
+            raise DataError(
+                f"source {source!r} reads files: pass --src PATH (the folder that holds the data set)"
+            )
         kwargs["src"] = src
     elif src is not None:
         log.warning("source %r needs no --src; ignoring %s", source, src)
@@ -65,13 +69,17 @@ def _init_params(cls: type) -> list[str]:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"]
+        names += [
+            p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
+        ]
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return list(dict.fromkeys(names))
 
 
-def _run_writer(write: Callable[..., dict[str, Any]], total: int, desc: str, progress: bool) -> tuple[dict[str, Any], float]:
+def _run_writer(
+    write: Callable[..., dict[str, Any]], total: int, desc: str, progress: bool
+) -> tuple[dict[str, Any], float]:
     """Run one writer under a progress bar of `total` samples; returns what it wrote and the seconds it took."""
     bar = _progress_bar(total, desc, progress)
     t0 = time.time()
@@ -81,7 +89,9 @@ def _run_writer(write: Callable[..., dict[str, Any]], total: int, desc: str, pro
     return written, round(time.time() - t0, 2)
 
 
-def _row(split: str, fmt: str, written: dict[str, Any], *, skipped: int, seconds: float, path: Path) -> dict[str, Any]:
+def _row(
+    split: str, fmt: str, written: dict[str, Any], *, skipped: int, seconds: float, path: Path
+) -> dict[str, Any]:
     """One summary row of prepare(): what was written for one split in one format."""
     shards = written["shardlist"] if fmt == "webdataset" else None
     return {
@@ -94,6 +104,14 @@ def _row(split: str, fmt: str, written: dict[str, Any], *, skipped: int, seconds
         "seconds": seconds,
         "path": str(path),
     }
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    formats = [f.strip() for f in formats if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
+    return formats
 
 
 def prepare(
@@ -121,34 +139,67 @@ def prepare(
     FFCV betons are converted from the webdataset shards of the same split (written first when absent),
     so both hold the same samples with the same labels and pixels.
     """
-    formats = [f.strip() for f in formats if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ValueError(f"unknown format(s) {bad}; choose from {FORMATS}")
+    formats = _check_formats(formats)
     src_obj, resize = make_source(source, src, image_size, **source_kwargs)
     if resize is not None and src_obj.kind == "volume":
-        log.warning("%s: --image-size applies to images; volumes keep their stored shape (use -o shape=...)",
-                    src_obj.name)
+        log.warning(
+            "%s: --image-size applies to images; volumes keep their stored shape (use -o shape=...)",
+            src_obj.name,
+        )
         resize = None
     name = name or src_obj.name
-    shard_options = dict(name=name, shard_size=shard_size, workers=workers, image_size=resize, quality=quality,
-                         dtype=volume_dtype, skip_bad=skip_bad, overwrite=overwrite)  # fmt: skip
-    ffcv_options = dict(workers=workers, quality=quality, max_resolution=ffcv_max_resolution,
-                        write_mode=ffcv_write_mode, overwrite=overwrite)  # fmt: skip
+    shard_options = dict(
+        name=name,
+        shard_size=shard_size,
+        workers=workers,
+        image_size=resize,
+        quality=quality,
+        dtype=volume_dtype,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+    )
+    ffcv_options = dict(
+        workers=workers,
+        quality=quality,
+        max_resolution=ffcv_max_resolution,
+        write_mode=ffcv_write_mode,
+        overwrite=overwrite,
+    )
+    if "ffcv" not in formats:
+        ffcv_options = None
     rows = []
     for split in splits or src_obj.splits():
-        shards = paths.webdataset_dir(out, name, split)
-        write = partial(write_webdataset_split, src_obj, split, shards, **shard_options)
-        manifest, seconds = _run_writer(write, src_obj.num_samples(split), f"{name}/{split} webdataset", progress)
-        skipped = manifest["num_skipped"]
-        rows.append(_row(split, "webdataset", manifest, skipped=skipped, seconds=seconds, path=shards))
-        if "ffcv" in formats:
-            from pipelines.writers.ffcv import write_ffcv_split
+        rows += _prepare_split(
+            src_obj, split, out, shard_options=shard_options, ffcv_options=ffcv_options, progress=progress
+        )
+    return rows
 
-            beton = paths.ffcv_file(out, name, split)
-            write = partial(write_ffcv_split, shards, beton, paths.ffcv_manifest(out, name, split), **ffcv_options)
-            info, seconds = _run_writer(write, manifest["num_samples"], f"{name}/{split} ffcv", progress)
-            rows.append(_row(split, "ffcv", info, skipped=skipped, seconds=seconds, path=beton))
+
+def _prepare_split(
+    source: Source,
+    split: str,
+    out: str | os.PathLike,
+    *,
+    shard_options: dict[str, Any],
+    ffcv_options: dict[str, Any] | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Write one split's shards, then (with `ffcv_options`) its .beton; returns their summary rows."""
+    name = shard_options["name"]
+    shards = paths.webdataset_dir(out, name, split)
+    write = partial(write_webdataset_split, source, split, shards, **shard_options)
+    manifest, seconds = _run_writer(write, source.num_samples(split), f"{name}/{split} webdataset", progress)
+    skipped = manifest["num_skipped"]
+    rows = [_row(split, "webdataset", manifest, skipped=skipped, seconds=seconds, path=shards)]
+    if ffcv_options is not None:
+        from pipelines.writers.ffcv import write_ffcv_split
+
+        beton = paths.ffcv_file(out, name, split)
+        write = partial(
+            write_ffcv_split, shards, beton, paths.ffcv_manifest(out, name, split), **ffcv_options
+        )
+        info, seconds = _run_writer(write, manifest["num_samples"], f"{name}/{split} ffcv", progress)
+        rows.append(_row(split, "ffcv", info, skipped=skipped, seconds=seconds, path=beton))
     return rows
 
 
@@ -169,8 +220,13 @@ _NOT_IDENTITY = ("workers", "progress", "overwrite")  # arguments that do not ch
 
 
 def _request_fingerprint(source: str, formats: Sequence[str], kwargs: dict[str, Any]) -> str:
-    return fingerprint({"source": source, "formats": sorted(formats),
-                        **{k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY}})
+    return fingerprint(
+        {
+            "source": source,
+            "formats": sorted(formats),
+            **{k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY},
+        }
+    )
 
 
 def _is_prepared(root: str | os.PathLike, name: str, request: str) -> bool:
@@ -224,7 +280,8 @@ def ensure_prepared(
             with open(lock, "w") as fh:
                 import fcntl
 
-                fcntl.flock(fh, fcntl.LOCK_EX)  # a second job sharing root waits here, then finds the work done
+                # a second job sharing root waits here, then finds the work done
+                fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
                     if not _is_prepared(root, name, request):
                         rows = prepare(dataset, root, formats=formats, progress=bool(progress), **kwargs)
@@ -248,12 +305,25 @@ def dataset_info(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
         data = json.loads(m.read_text())
         manifests.setdefault(data["split"], data)
     if not manifests:
-        raise DataError(f"{base}: no prepared split (no manifest.json); run launch/prepare_data.py {dataset} first")
+        raise DataError(
+            f"{base}: no prepared split (no manifest.json); run launch/prepare_data.py {dataset} first"
+        )
     first = manifests.get("train") or next(iter(manifests.values()))
-    keys = ("name", "kind", "num_classes", "classes", "channels", "spatial_rank", "native_size", "mean", "std")
+    keys = (
+        "name",
+        "kind",
+        "num_classes",
+        "classes",
+        "channels",
+        "spatial_rank",
+        "native_size",
+        "mean",
+        "std",
+    )
     info = {k: first[k] for k in keys}
     info["splits"] = {s: m["num_samples"] for s, m in manifests.items()}
     info["formats"] = sorted(
-        {"webdataset" for _ in base.glob("webdataset/*/manifest.json")} | {"ffcv" for _ in base.glob("ffcv/*.json")}
+        {"webdataset" for _ in base.glob("webdataset/*/manifest.json")}
+        | {"ffcv" for _ in base.glob("ffcv/*.json")}
     )
     return info

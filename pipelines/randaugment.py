@@ -203,14 +203,17 @@ def _sharpness(img: torch.Tensor, s: float, sign: float) -> torch.Tensor:
 
 
 # ---- geometric ops -----------------------------------------------------------------------------------
-def _warp(img: torch.Tensor, matrix: tuple[float, float, float, float], shift: tuple[float, float]) -> torch.Tensor:
+def _warp(
+    img: torch.Tensor, matrix: tuple[float, float, float, float], shift: tuple[float, float]
+) -> torch.Tensor:
     """Output pixel p (x, y, pixel units) reads input c + A (p - c) - shift, c the image center, bilinear,
     gray outside the image."""
     _, h, w = img.shape
     a, b, c_, d = matrix
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) - cy, torch.arange(w, dtype=torch.float32) - cx,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32) - cy, torch.arange(w, dtype=torch.float32) - cx, indexing="ij"
+    )
     src_x = a * xs + b * ys + cx - shift[0]
     src_y = c_ * xs + d * ys + cy - shift[1]
     grid = torch.stack(((2 * src_x + 1) / w - 1, (2 * src_y + 1) / h - 1), dim=-1)[None]

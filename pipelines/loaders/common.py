@@ -84,29 +84,24 @@ class Loader:
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.spatial_rank = int(info["spatial_rank"])
-        native = info["native_size"]
-        self.image_size = T.as_size(image_size if image_size is not None else tuple(native), self.spatial_rank)
+        size = tuple(info["native_size"]) if image_size is None else image_size
+        self.image_size = T.as_size(size, self.spatial_rank)
         self.channels = int(info["channels"])
         self.num_classes = int(info["num_classes"])
         self.rank, self.world_size = rank, world_size
         self.seed = int(seed)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.mixup, self.cutmix = float(mixup), float(cutmix)  # Beta(alpha, alpha) of mixup and cutmix; 0: off
+        # the Beta(alpha, alpha) parameters of mixup and cutmix; 0: off
+        self.mixup, self.cutmix = float(mixup), float(cutmix)
         self.label_smoothing = float(label_smoothing)
         self.eval_crop_ratio = (
             T.default_crop_ratio(min(self.image_size)) if eval_crop_ratio is None else float(eval_crop_ratio)
         )
         self.crop_scale = tuple(crop_scale)
-        self.flip = bool(flip) and self.train  # random left-right flips (off where labels know left from right)
-        ra = parse_randaugment(randaugment)
-        if ra is not None and self.train and (info.get("kind") != "image" or self.spatial_rank != 2):
-            raise ValueError(
-                f"randaugment is defined on 2D images ({self.backend} backend); {info.get('name', 'this data set')} holds "
-                f"{info.get('kind')}s with {self.spatial_rank} spatial axes (3D volumes and video have no "
-                "RandAugment); leave randaugment unset (None) for it"
-            )
-        self.randaugment = ra if self.train else None  # (num_ops, magnitude); evaluation never augments
+        # random left-right flips in training (off where labels know left from right)
+        self.flip = bool(flip) and self.train
+        self.randaugment = self._randaugment(randaugment)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)
@@ -114,6 +109,19 @@ class Loader:
         self._skip = 0  # batches to skip at the start of the next iteration (resume)
         self._consumed = 0
         self._positions_cache: tuple[int, np.ndarray] | None = None
+
+    def _randaugment(self, randaugment: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:
+        """(num_ops, magnitude) in training, None in evaluation (which never augments); a ValueError for a
+        bad setting, and for training on 3D volumes and video, which have no RandAugment."""
+        ra = parse_randaugment(randaugment)
+        if ra is not None and self.train and (self.info.get("kind") != "image" or self.spatial_rank != 2):
+            name = self.info.get("name", "this data set")
+            raise ValueError(
+                f"randaugment is defined on 2D images ({self.backend} backend); {name} holds "
+                f"{self.info.get('kind')}s with {self.spatial_rank} spatial axes (3D volumes and video have no "
+                "RandAugment); leave randaugment unset (None) for it"
+            )
+        return ra if self.train else None
 
     # ---- order and state -------------------------------------------------------------------
     def positions(self, epoch: int | None = None) -> np.ndarray:
@@ -205,9 +213,14 @@ class Loader:
         if self.train and (self.mixup > 0 or self.cutmix > 0 or self.label_smoothing > 0):
             rng = np.random.default_rng([self.seed, epoch, batch_index, self.rank, 7])
             batch["input"], batch["target"] = T.mix_batch(
-                x, batch["label"], self.num_classes, rng,
-                mixup=self.mixup, cutmix=self.cutmix, label_smoothing=self.label_smoothing,
-            )  # fmt: skip
+                x,
+                batch["label"],
+                self.num_classes,
+                rng,
+                mixup=self.mixup,
+                cutmix=self.cutmix,
+                label_smoothing=self.label_smoothing,
+            )
         return batch
 
     def __repr__(self) -> str:

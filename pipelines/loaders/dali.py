@@ -64,8 +64,23 @@ def _rand_augment(img, num_ops: int, magnitude: int, size: tuple[int, int], gray
         suite = [augmentations.identity.augmentation(name="color") if a.name == "color" else a for a in suite]
     assert len(suite) == len(RA.OPS)
     return rand_augment.apply_rand_augment(
-        suite, img, num_ops, magnitude, num_magnitude_bins=RA.MAX_MAGNITUDE + 1, shape=list(size), fill_value=128
+        suite,
+        img,
+        num_ops,
+        magnitude,
+        num_magnitude_bins=RA.MAX_MAGNITUDE + 1,
+        shape=list(size),
+        fill_value=128,
     )
+
+
+def _resize_volume(vol, size: list[int]):
+    """Linear resize of a CDHW DALI volume to `size` (D, H, W): DALI resizes channels-last."""
+    from nvidia.dali import fn, types
+
+    dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
+    dhwc = fn.resize(dhwc, size=size, interp_type=types.INTERP_LINEAR, antialias=False)
+    return fn.transpose(dhwc, perm=[3, 0, 1, 2], output_layout="CDHW")
 
 
 class DALILoader(Loader):
@@ -73,8 +88,9 @@ class DALILoader(Loader):
 
     backend = "dali"
 
-    def __init__(self, split_dir: str | os.PathLike, *, verify: bool = False, device: str | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, split_dir: str | os.PathLike, *, verify: bool = False, device: str | None = None, **kwargs: Any
+    ):
         import nvidia.dali  # noqa: F401  (fail here, clearly, when DALI is not installed)
 
         self.reader = ShardReader(split_dir, verify=verify)
@@ -113,63 +129,78 @@ class DALILoader(Loader):
 
     def _graph(self):
         """The pipeline's graph (traced by pipeline_def): encoded samples in, the finished batch out."""
+        return self._image_graph() if self.info["kind"] == "image" else self._volume_graph()
+
+    def _image_graph(self):
+        """JPEG bytes -> decoded, cropped (random resized in training, center in evaluation), flipped,
+        RandAugment-ed when asked for, normalized float CHW."""
         from nvidia.dali import fn, types
 
-        kind = self.info["kind"]
-        if kind == "image":
-            enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
-            out_type = types.GRAY if self.channels == 1 else types.RGB
-            dec = "mixed" if self.gpu else "cpu"
-            h, w = self.image_size
-            if self.train:
-                img = fn.decoders.image_random_crop(
-                    enc, device=dec, output_type=out_type, random_area=list(self.crop_scale),
-                    random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10,
-                )
-                img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
-                mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
-                if self.randaugment is not None:
-                    img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
-            else:
-                img = fn.decoders.image(enc, device=dec, output_type=out_type)
-                shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
-                img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
-                mirror = 0
-            out = fn.crop_mirror_normalize(
-                img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
-                mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
+        enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+        out_type = types.GRAY if self.channels == 1 else types.RGB
+        dec = "mixed" if self.gpu else "cpu"
+        h, w = self.image_size
+        if self.train:
+            img = fn.decoders.image_random_crop(
+                enc,
+                device=dec,
+                output_type=out_type,
+                random_area=list(self.crop_scale),
+                random_aspect_ratio=[3 / 4, 4 / 3],
+                num_attempts=10,
             )
+            img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
+            mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
+            if self.randaugment is not None:
+                img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
         else:
-            dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
-            vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
-            if dtype == types.FLOAT16:
-                vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
-            if self.gpu:
-                vol = vol.gpu()
-            d, h, w = self.image_size
-            native = self.info["native_size"]
-            if self.train and any(s > n for s, n in zip(self.image_size, native)):
-                # smaller volumes are upscaled before the crop, as in transforms.volume_transform
-                scale = max(s / n for s, n in zip(self.image_size, native))
-                up = [max(s, math.ceil(n * scale)) for s, n in zip(self.image_size, native)]
-                vol = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
-                vol = fn.resize(vol, size=up, interp_type=types.INTERP_LINEAR, antialias=False)
-                vol = fn.transpose(vol, perm=[3, 0, 1, 2], output_layout="CDHW")
-            if self.train:
-                out = fn.crop(
-                    vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad",
-                    crop_pos_z=fn.random.uniform(range=[0.0, 1.0]), crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
-                    crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                )
-                if self.flip:
-                    out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
-            else:
-                r = self.eval_crop_ratio
-                dhwc = fn.transpose(vol, perm=[1, 2, 3, 0], output_layout="DHWC")
-                dhwc = fn.resize(dhwc, size=[round(d / r), round(h / r), round(w / r)],
-                                 interp_type=types.INTERP_LINEAR, antialias=False)
-                out = fn.transpose(dhwc, perm=[3, 0, 1, 2], output_layout="CDHW")
-                out = fn.crop(out, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad")
+            img = fn.decoders.image(enc, device=dec, output_type=out_type)
+            shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
+            img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+            mirror = 0
+        return fn.crop_mirror_normalize(
+            img,
+            crop=(h, w),
+            mirror=mirror,
+            dtype=types.FLOAT,
+            output_layout="CHW",
+            mean=[m * 255.0 for m in self.info["mean"]],
+            std=[s * 255.0 for s in self.info["std"]],
+        )
+
+    def _volume_graph(self):
+        """npy volumes (C, D, H, W) -> random crop and flip (training) or resize and center crop (evaluation),
+        as transforms.volume_transform does; normalized by the base class."""
+        from nvidia.dali import fn, types
+
+        dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
+        vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
+        if dtype == types.FLOAT16:
+            vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
+        if self.gpu:
+            vol = vol.gpu()
+        d, h, w = self.image_size
+        if not self.train:
+            r = self.eval_crop_ratio
+            vol = _resize_volume(vol, [round(d / r), round(h / r), round(w / r)])
+            return fn.crop(vol, crop_d=d, crop_h=h, crop_w=w, out_of_bounds_policy="pad")
+        native = self.info["native_size"]
+        if any(s > n for s, n in zip(self.image_size, native)):
+            # smaller volumes are upscaled before the crop, as in transforms.volume_transform
+            scale = max(s / n for s, n in zip(self.image_size, native))
+            vol = _resize_volume(vol, [max(s, math.ceil(n * scale)) for s, n in zip(self.image_size, native)])
+        out = fn.crop(
+            vol,
+            crop_d=d,
+            crop_h=h,
+            crop_w=w,
+            out_of_bounds_policy="pad",
+            crop_pos_z=fn.random.uniform(range=[0.0, 1.0]),
+            crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+            crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+        )
+        if self.flip:
+            out = fn.flip(out, horizontal=fn.random.coin_flip(probability=0.5), vertical=0, depthwise=0)
         return out
 
     def _to_torch(self, tl) -> torch.Tensor:

@@ -31,8 +31,15 @@ class FFCVLoader(Loader):
 
     backend = "ffcv"
 
-    def __init__(self, beton: str | os.PathLike, manifest: str | os.PathLike, *, verify: bool = False,
-                 batches_ahead: int = 3, **kwargs: Any):
+    def __init__(
+        self,
+        beton: str | os.PathLike,
+        manifest: str | os.PathLike,
+        *,
+        verify: bool = False,
+        batches_ahead: int = 3,
+        **kwargs: Any,
+    ):
         import ffcv  # noqa: F401  (fail here, clearly, when FFCV is not installed)
 
         self.beton = Path(beton)
@@ -40,7 +47,9 @@ class FFCVLoader(Loader):
         if not self.beton.is_file():
             raise DataError(f"{self.beton}: missing, though {manifest} lists it")
         if self.beton.stat().st_size != info["filesize"]:
-            raise DataError(f"{self.beton}: {self.beton.stat().st_size} bytes, the manifest says {info['filesize']}")
+            raise DataError(
+                f"{self.beton}: {self.beton.stat().st_size} bytes, the manifest says {info['filesize']}"
+            )
         if verify and sha256_file(self.beton) != info["sha256"]:
             raise DataError(f"{self.beton}: sha256 differs from {manifest}")
         super().__init__(info, **kwargs)
@@ -121,10 +130,16 @@ class FFCVLoader(Loader):
     def _volumes(self, x: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
         """transforms.py's crop and flip of each volume, seeded per sample like the webdataset backend."""
         vols = [
-            T.volume_transform(v, self.image_size, self.train, np.random.default_rng([self.seed, epoch, int(p)]),
-                               eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)
+            T.volume_transform(
+                v,
+                self.image_size,
+                self.train,
+                np.random.default_rng([self.seed, epoch, int(p)]),
+                eval_crop_ratio=self.eval_crop_ratio,
+                flip=self.flip,
+            )
             for v, p in zip(x, positions)
-        ]  # fmt: skip
+        ]
         return torch.stack(vols)
 
     def _next(self, it):

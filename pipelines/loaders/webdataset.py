@@ -101,12 +101,22 @@ class _Dataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch, pos])
         data = self.reader.payload(pos)
         if self.kind == "image":
-            x = load_image(data, self.channels, self.size, self.train, rng, crop_scale=self.crop_scale,
-                           eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)  # fmt: skip
+            x = load_image(
+                data,
+                self.channels,
+                self.size,
+                self.train,
+                rng,
+                crop_scale=self.crop_scale,
+                eval_crop_ratio=self.eval_crop_ratio,
+                flip=self.flip,
+            )
             if self.randaugment is not None:  # after the crop and flip, on the uint8 image
                 x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
         else:
-            x = load_volume(data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip)
+            x = load_volume(
+                data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip
+            )
         return x, self.reader.label(pos), self.reader.index(pos)
 
 
@@ -121,7 +131,9 @@ class WebDatasetLoader(Loader):
 
     backend = "webdataset"
 
-    def __init__(self, split_dir: str | os.PathLike, *, verify: bool = False, prefetch_factor: int = 4, **kwargs: Any):
+    def __init__(
+        self, split_dir: str | os.PathLike, *, verify: bool = False, prefetch_factor: int = 4, **kwargs: Any
+    ):
         self.reader = ShardReader(split_dir, verify=verify)
         super().__init__(self.reader.manifest, **kwargs)
         self.prefetch_factor = prefetch_factor

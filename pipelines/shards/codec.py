@@ -30,7 +30,9 @@ def _open_image(sample: Sample):
     return img, fmt == "JPEG"
 
 
-def encode_image(sample: Sample, channels: int, image_size: int | None, quality: int) -> tuple[bytes, tuple[int, int]]:
+def encode_image(
+    sample: Sample, channels: int, image_size: int | None, quality: int
+) -> tuple[bytes, tuple[int, int]]:
     """JPEG bytes of the sample with its shorter side resized down to `image_size` (never up).
 
     JPEG inputs that need no resize and have the right mode are passed through byte for byte.

@@ -82,6 +82,8 @@ def verify_shards(split_dir: str | os.PathLike, manifest: dict[str, Any], checks
             raise DataError(f"{path}: shard listed in {split_dir / MANIFEST} is missing")
         size = path.stat().st_size
         if size != shard["filesize"]:
-            raise DataError(f"{path}: {size} bytes, the manifest says {shard['filesize']} (truncated or replaced?)")
+            raise DataError(
+                f"{path}: {size} bytes, the manifest says {shard['filesize']} (truncated or replaced?)"
+            )
         if checksums and sha256_file(path) != shard["sha256"]:
             raise DataError(f"{path}: sha256 differs from the manifest (corrupt or replaced)")

@@ -19,9 +19,14 @@ from pipelines.sources.registry import register_source
 from pipelines.sources.stats import channel_stats
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("builtins", "bytearray"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "bytearray"),
+    ("_codecs", "encode"),
 }
 
 
@@ -68,8 +73,10 @@ class Cifar100(Source):
         self.root, self.labels = root, labels
         meta_path = root / "meta"
         meta = load_pickle(meta_path)
-        self.classes = [n.decode() if isinstance(n, bytes) else str(n)
-                        for n in _key(meta, f"{labels}_label_names", meta_path)]
+        self.classes = [
+            n.decode() if isinstance(n, bytes) else str(n)
+            for n in _key(meta, f"{labels}_label_names", meta_path)
+        ]
         self.channels = 3
         self._data: dict[str, np.ndarray] = {}
         self._targets: dict[str, np.ndarray] = {}
@@ -79,14 +86,18 @@ class Cifar100(Source):
             batch = load_pickle(path)
             data = np.asarray(_key(batch, "data", path))
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                raise DataError(f"{path}: 'data' has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
+                raise DataError(
+                    f"{path}: 'data' has shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8"
+                )
             targets = np.asarray(_key(batch, f"{labels}_labels", path), dtype=np.int64)
             if len(targets) != len(data):
                 raise DataError(f"{path}: {len(targets)} labels for {len(data)} images")
             self._data[split] = data.reshape(-1, 3, 32, 32)
             self._targets[split] = targets
             names = batch.get("filenames")
-            self._names[split] = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else []
+            self._names[split] = (
+                [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else []
+            )
         self.mean, self.std = channel_stats(self._data["train"], channel_axis=1)
 
     def splits(self) -> list[str]:

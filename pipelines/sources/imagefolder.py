@@ -56,7 +56,9 @@ class ImageFolder(Source):
         self.allow_missing_classes = allow_missing_classes
         names = splits or [s for s in ("train", "val", "test") if (self.src / s).is_dir()]
         if not names:
-            raise DataError(f"{self.src}: no train/, val/ or test/ folder (expected {self.src}/train/<class>/<image>)")
+            raise DataError(
+                f"{self.src}: no train/, val/ or test/ folder (expected {self.src}/train/<class>/<image>)"
+            )
         self.files: dict[str, list[tuple[Path, int]]] = {}
         self.classes = []
         for split in names:
@@ -78,7 +80,9 @@ class ImageFolder(Source):
             missing = sorted(set(self.classes) - set(found))
             extra = sorted(set(found) - set(self.classes))
             if extra:
-                raise DataError(f"{self.src / split}: class folder(s) {extra[:5]} not in {self.src / self.splits()[0]}")
+                raise DataError(
+                    f"{self.src / split}: class folder(s) {extra[:5]} not in {self.src / self.splits()[0]}"
+                )
             if missing and not self.allow_missing_classes:
                 raise DataError(
                     f"{self.src / split}: class folder {self.src / split / missing[0]} is missing"
@@ -105,8 +109,12 @@ class ImageFolder(Source):
         return Sample(_read_bytes(path), label, str(path))
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "src": str(self.src.resolve()), "splits": self.splits(),
-                "counts": {s: len(f) for s, f in self.files.items()}}
+        return {
+            "source": self.name,
+            "src": str(self.src.resolve()),
+            "splits": self.splits(),
+            "counts": {s: len(f) for s, f in self.files.items()},
+        }
 
 
 @register_source
@@ -144,7 +152,9 @@ class ImageNet(ImageFolder):
     def _find(self, *names: str) -> Path | None:
         for base in (self._src_root, self._src_root.parent):  # beside train/ and val/, or one level up
             for name in names:
-                hits = [h for pattern in (name, f"*/{name}", f"*/*/{name}") for h in sorted(base.glob(pattern))]
+                hits = [
+                    h for pattern in (name, f"*/{name}", f"*/*/{name}") for h in sorted(base.glob(pattern))
+                ]
                 if hits:
                     return hits[0]
         return None
@@ -156,13 +166,17 @@ class ImageNet(ImageFolder):
             with open(loc, newline="") as f:
                 rows = csv.DictReader(f)
                 if not rows.fieldnames or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
-                    raise DataError(f"{loc}: expected the columns ImageId,PredictionString, got {rows.fieldnames}")
+                    raise DataError(
+                        f"{loc}: expected the columns ImageId,PredictionString, got {rows.fieldnames}"
+                    )
                 return {r["ImageId"]: r["PredictionString"].split()[0] for r in rows}
         truth = self._find("ILSVRC2012_validation_ground_truth.txt")
         if truth is not None:
             meta = truth.parent / "meta.mat"
             if not meta.is_file():
-                raise DataError(f"{truth}: needs the devkit's meta.mat beside it to map ILSVRC2012 ids to wnids")
+                raise DataError(
+                    f"{truth}: needs the devkit's meta.mat beside it to map ILSVRC2012 ids to wnids"
+                )
             from scipy.io import loadmat  # scipy comes with scikit-learn (the data extra)
 
             synsets = loadmat(str(meta), squeeze_me=True)["synsets"]

@@ -40,7 +40,9 @@ class MedMNIST3D(Source):
         if path.is_dir():
             found = sorted(path.glob("*.npz"))
             if len(found) != 1:
-                raise DataError(f"{path}: expected exactly one .npz, found {[p.name for p in found]}; pass the file")
+                raise DataError(
+                    f"{path}: expected exactly one .npz, found {[p.name for p in found]}; pass the file"
+                )
             path = found[0]
         if not path.is_file():
             raise DataError(f"{path}: no such file")
@@ -65,13 +67,19 @@ class MedMNIST3D(Source):
                     raise DataError(f"{path}: {ik!r} has shape {images.shape}; a 3D set has (N, D, H, W)")
                 if images.dtype != np.uint8:
                     if images.dtype.kind != "f":
-                        raise DataError(f"{path}: {ik!r} has dtype {images.dtype}, expected uint8 or float in [0, 1]")
+                        raise DataError(
+                            f"{path}: {ik!r} has dtype {images.dtype}, expected uint8 or float in [0, 1]"
+                        )
                     images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
                 labels = labels.reshape(len(labels), -1)
                 if labels.shape[1] != 1:
-                    raise DataError(f"{path}: {lk!r} has shape {labels.shape}: multi-label sets are not supported")
+                    raise DataError(
+                        f"{path}: {lk!r} has shape {labels.shape}: multi-label sets are not supported"
+                    )
                 if len(labels) != len(images):
-                    raise DataError(f"{path}: {len(labels)} labels for {len(images)} volumes in split {split!r}")
+                    raise DataError(
+                        f"{path}: {len(labels)} labels for {len(images)} volumes in split {split!r}"
+                    )
                 self._images[split] = images
                 self._labels[split] = labels[:, 0].astype(np.int64)
         if "train" not in self._images:
@@ -91,7 +99,11 @@ class MedMNIST3D(Source):
         return len(self._labels[split])
 
     def get(self, split: str, index: int) -> Sample:
-        return Sample(self._images[split][index][None], int(self._labels[split][index]), f"{self.path}[{split}_images][{index}]")
+        return Sample(
+            self._images[split][index][None],
+            int(self._labels[split][index]),
+            f"{self.path}[{split}_images][{index}]",
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "src": str(self.path.resolve()), "classes": len(self.classes)}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def channel_stats(data: np.ndarray, channel_axis: int, chunk: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(
+    data: np.ndarray, channel_axis: int, chunk: int = 2048
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std per channel in [0, 1] of an (N, ...) uint8 array whose channels are on `channel_axis`."""
     x = np.moveaxis(data, channel_axis, 1) if channel_axis != 1 else data
     c = x.shape[1]
@@ -13,7 +15,9 @@ def channel_stats(data: np.ndarray, channel_axis: int, chunk: int = 2048) -> tup
     total_sq = np.zeros(c)
     count = 0
     for start in range(0, x.shape[0], chunk):
-        part = x[start : start + chunk].reshape(min(chunk, x.shape[0] - start), c, -1).astype(np.float64) / 255.0
+        part = (
+            x[start : start + chunk].reshape(min(chunk, x.shape[0] - start), c, -1).astype(np.float64) / 255.0
+        )
         total += part.sum(axis=(0, 2))
         total_sq += np.square(part).sum(axis=(0, 2))
         count += part.shape[0] * part.shape[2]

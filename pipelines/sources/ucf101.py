@@ -53,14 +53,25 @@ class UCF101(Source):
     name = "ucf101"
     kind = "volume"
 
-    def __init__(self, src: str | os.PathLike, split: int = 1, frames: int = 16, size: int = 112,
-                 clips_per_video: int = 1):
+    def __init__(
+        self,
+        src: str | os.PathLike,
+        split: int = 1,
+        frames: int = 16,
+        size: int = 112,
+        clips_per_video: int = 1,
+    ):
         if split not in (1, 2, 3):
             raise ValueError(f"UCF101 has official splits 1, 2 and 3; got {split}")
         self.src = Path(src)
         self.videos_root = _find(self.src, "UCF-101")
         lists = _find(self.src, "ucfTrainTestlist")
-        self.split, self.frames, self.size, self.clips = int(split), int(frames), int(size), int(clips_per_video)
+        self.split, self.frames, self.size, self.clips = (
+            int(split),
+            int(frames),
+            int(size),
+            int(clips_per_video),
+        )
         class_ind = lists / "classInd.txt"
         if not class_ind.is_file():
             raise DataError(f"{class_ind}: missing")
@@ -105,8 +116,16 @@ class UCF101(Source):
         clip = F.interpolate(clip, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
         top, left = (nh - self.size) // 2, (nw - self.size) // 2
         clip = clip[..., top : top + self.size, left : left + self.size]
-        return Sample(clip.round().clamp(0, 255).to(torch.uint8).numpy(), label, f"{path} clip {index % self.clips}")
+        return Sample(
+            clip.round().clamp(0, 255).to(torch.uint8).numpy(), label, f"{path} clip {index % self.clips}"
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "src": str(self.src.resolve()), "split": self.split, "frames": self.frames,
-                "size": self.size, "clips": self.clips}
+        return {
+            "source": self.name,
+            "src": str(self.src.resolve()),
+            "split": self.split,
+            "frames": self.frames,
+            "size": self.size,
+            "clips": self.clips,
+        }

@@ -25,8 +25,13 @@ from pipelines.sources.base import Sample, Source
 from pipelines.sources.registry import register_source
 
 # Common CT windows (center, width) in HU, as used in radiology practice and the RSNA challenge notebooks.
-CT_WINDOWS = {"brain": (40, 80), "subdural": (80, 200), "soft_tissue": (40, 400), "lung": (-600, 1500),
-              "bone": (400, 1800)}
+CT_WINDOWS = {
+    "brain": (40, 80),
+    "subdural": (80, 200),
+    "soft_tissue": (40, 400),
+    "lung": (-600, 1500),
+    "bone": (400, 1800),
+}
 
 
 def window_to_uint8(vol: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -95,12 +100,17 @@ class _VolumeFolder(Source):
         self.mode = mode
         self.window = CT_WINDOWS[window] if isinstance(window, str) and window in CT_WINDOWS else window
         if isinstance(self.window, str) and self.window not in ("auto", "dicom"):
-            raise ValueError(f"window must be (center, width), 'auto', 'dicom' or one of {sorted(CT_WINDOWS)}")
+            raise ValueError(
+                f"window must be (center, width), 'auto', 'dicom' or one of {sorted(CT_WINDOWS)}"
+            )
         self.channels = 1
         # Intensities are windowed to [0, 255] per volume, so fixed statistics serve (override per data set).
         self.mean, self.std = (float(mean),), (float(std),)
         rows = self._read_csv(id_column, label_column, split_column)
-        names = sorted({r[1] for r in rows}, key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+        names = sorted(
+            {r[1] for r in rows},
+            key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v),
+        )
         self.classes = names
         index = {c: i for i, c in enumerate(names)}
         self.items: dict[str, list[tuple[Path, int, str]]] = {}
@@ -114,15 +124,19 @@ class _VolumeFolder(Source):
 
     def _read_csv(self, id_col: str, label_col: str, split_col: str) -> list[tuple[str, str, str | None]]:
         if not self.labels_path.is_file():
-            raise DataError(f"{self.labels_path}: label CSV missing (columns {id_col},{label_col}[,{split_col}])")
+            raise DataError(
+                f"{self.labels_path}: label CSV missing (columns {id_col},{label_col}[,{split_col}])"
+            )
         with open(self.labels_path, newline="") as f:
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             for col in (id_col, label_col):
                 if col not in fields:
                     raise DataError(f"{self.labels_path}: no column {col!r} (columns: {fields})")
-            rows = [(r[id_col].strip(), r[label_col].strip(), (r.get(split_col) or "").strip() or None)
-                    for r in reader]
+            rows = [
+                (r[id_col].strip(), r[label_col].strip(), (r.get(split_col) or "").strip() or None)
+                for r in reader
+            ]
         if not rows:
             raise DataError(f"{self.labels_path}: no rows")
         return rows
@@ -148,7 +162,9 @@ class _VolumeFolder(Source):
         except BadSampleError:
             raise
         except Exception as exc:
-            raise BadSampleError(str(path), f"cannot read {self.file_kind} ({type(exc).__name__}: {exc})") from exc
+            raise BadSampleError(
+                str(path), f"cannot read {self.file_kind} ({type(exc).__name__}: {exc})"
+            ) from exc
         if vol.ndim != 3 or min(vol.shape) < 1:
             raise BadSampleError(str(path), f"expected a 3D volume, got shape {vol.shape}")
         if not np.all(np.isfinite(vol)):
@@ -163,9 +179,15 @@ class _VolumeFolder(Source):
         return Sample(vol8[None], label, str(path))
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "src": str(self.src.resolve()), "labels": str(self.labels_path),
-                "shape": self.shape, "mode": self.mode, "window": self.window,
-                "counts": {s: len(v) for s, v in self.items.items()}}
+        return {
+            "source": self.name,
+            "src": str(self.src.resolve()),
+            "labels": str(self.labels_path),
+            "shape": self.shape,
+            "mode": self.mode,
+            "window": self.window,
+            "counts": {s: len(v) for s, v in self.items.items()},
+        }
 
 
 @register_source
@@ -221,7 +243,9 @@ class DicomFolder(_VolumeFolder):
             try:
                 ds = pydicom.dcmread(str(f))
             except Exception as exc:
-                raise BadSampleError(str(f), f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+                raise BadSampleError(
+                    str(f), f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+                ) from exc
             if "PixelData" not in ds:
                 continue  # e.g. a DICOMDIR or a structured report beside the images
             slices.append(ds)
@@ -231,7 +255,9 @@ class DicomFolder(_VolumeFolder):
         def position(ds) -> float:
             if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
                 o = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-                return float(np.dot(np.cross(o[:3], o[3:]), np.asarray(ds.ImagePositionPatient, dtype=np.float64)))
+                return float(
+                    np.dot(np.cross(o[:3], o[3:]), np.asarray(ds.ImagePositionPatient, dtype=np.float64))
+                )
             return float(getattr(ds, "InstanceNumber", 0))
 
         slices.sort(key=position)
@@ -240,8 +266,12 @@ class DicomFolder(_VolumeFolder):
             try:
                 arr = ds.pixel_array.astype(np.float32)
             except Exception as exc:  # compressed transfer syntaxes need pylibjpeg or GDCM
-                raise BadSampleError(str(path), f"cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
-            planes.append(arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0)))
+                raise BadSampleError(
+                    str(path), f"cannot decode pixel data ({type(exc).__name__}: {exc})"
+                ) from exc
+            planes.append(
+                arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
+            )
         shapes = {p.shape for p in planes}
         if len(shapes) != 1:
             raise BadSampleError(str(path), f"slices of different sizes {sorted(shapes)}")

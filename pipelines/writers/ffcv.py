@@ -36,7 +36,8 @@ class _ShardsAsArrays:
         if self.kind == "image":
             from PIL import Image
 
-            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # gray is stored as 3 equal channels
+            # gray is stored as 3 equal channels
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         else:
             img = decode_npy(data)
             if self.bits16:
@@ -60,7 +61,8 @@ def _page_size(dataset: _ShardsAsArrays, mode: str) -> int:
     elif mode == "raw":
         largest = 64 * 64 * 3 if max(m["native_size"]) <= 64 else int(dataset.reader.sizes.max()) * 16
     else:
-        largest = int(dataset.reader.sizes.max()) * 4  # re-encoded JPEG; generous against a worse source quality
+        # re-encoded JPEG; generous against a worse source quality
+        largest = int(dataset.reader.sizes.max()) * 4
     page = MIN_PAGE_SIZE
     while page < 4 * largest:
         page *= 2
@@ -88,14 +90,18 @@ def _fields(dataset: _ShardsAsArrays, mode: str, quality: int, max_resolution: i
         main = ("image", RGBImageField(write_mode=mode, max_resolution=max_resolution, jpeg_quality=quality))
     else:
         if not wds["fixed_shape"]:
-            raise DataError(f"{dataset.reader.split_dir}: volumes of different shapes; FFCV needs one fixed shape per split")
+            raise DataError(
+                f"{dataset.reader.split_dir}: volumes of different shapes; FFCV needs one fixed shape per split"
+            )
         shape = (wds["channels"], *wds["native_size"])
         stored = np.dtype("uint16") if dataset.bits16 else np.dtype(wds["dtype"])
         main = ("volume", NDArrayField(dtype=stored, shape=shape))
     return dict([main, ("label", IntField()), ("index", IntField())])
 
 
-def _write_beton(dataset: _ShardsAsArrays, beton: Path, fields: dict[str, Any], mode: str, workers: int) -> None:
+def _write_beton(
+    dataset: _ShardsAsArrays, beton: Path, fields: dict[str, Any], mode: str, workers: int
+) -> None:
     """Write the .beton under a temporary name and rename it into place."""
     from ffcv.writer import DatasetWriter
 
@@ -111,10 +117,27 @@ def _write_beton(dataset: _ShardsAsArrays, beton: Path, fields: dict[str, Any], 
         raise
 
 
-def _manifest(wds: dict[str, Any], beton: Path, fields: dict[str, Any], params: dict[str, Any], fp: str) -> dict[str, Any]:
+def _manifest(
+    wds: dict[str, Any], beton: Path, fields: dict[str, Any], params: dict[str, Any], fp: str
+) -> dict[str, Any]:
     """The FFCV manifest: the webdataset manifest's metadata plus the .beton's file, checksum and settings."""
-    keys = ("name", "split", "kind", "num_samples", "num_classes", "classes", "channels", "spatial_rank",
-            "native_size", "fixed_shape", "mean", "std", "dtype", "label_counts", "num_skipped")
+    keys = (
+        "name",
+        "split",
+        "kind",
+        "num_samples",
+        "num_classes",
+        "classes",
+        "channels",
+        "spatial_rank",
+        "native_size",
+        "fixed_shape",
+        "mean",
+        "std",
+        "dtype",
+        "label_counts",
+        "num_skipped",
+    )
     manifest = {k: wds[k] for k in keys}
     manifest.update(
         {
@@ -152,7 +175,12 @@ def write_ffcv_split(
     dataset = _ShardsAsArrays(split_dir)
     wds = dataset.reader.manifest
     mode = write_mode or default_write_mode(wds["native_size"])
-    params = {"webdataset": wds["fingerprint"], "quality": quality, "max_resolution": max_resolution, "mode": mode}
+    params = {
+        "webdataset": wds["fingerprint"],
+        "quality": quality,
+        "max_resolution": max_resolution,
+        "mode": mode,
+    }
     fp = fingerprint(params)
     manifest = _finished(manifest_path, beton, fp, overwrite)
     if manifest is None:

@@ -35,6 +35,9 @@ from pipelines.sources.base import Sample, Source
 
 log = logging.getLogger(__name__)
 
+# what a shard task reads of the params
+_TASK_PARAMS = ("split", "image_size", "quality", "dtype", "skip_bad")
+
 _SOURCE: Source | None = None  # set in each worker process by _init_worker (inherited under fork)
 
 
@@ -76,7 +79,14 @@ def _write_tar(source: Source, task: dict[str, Any], path: Path) -> dict[str, An
                     raise
                 skipped.append([exc.origin, exc.reason])
                 continue
-            sink.write({"__key__": f"{i:09d}", "cls": str(sample.label).encode(), "idx": str(i).encode(), ext: payload})
+            sink.write(
+                {
+                    "__key__": f"{i:09d}",
+                    "cls": str(sample.label).encode(),
+                    "idx": str(i).encode(),
+                    ext: payload,
+                }
+            )
             shapes[shape] += 1
             labels[sample.label] += 1
             count += 1
@@ -307,17 +317,16 @@ def write_webdataset_split(
     num_shards = (n + shard_size - 1) // shard_size
     urls = [shard_name(name, split, k) for k in range(num_shards)]
     _remove_stale(out, name, split, urls)
-    common = {
-        "out": str(out), "split": split, "image_size": image_size, "quality": quality, "dtype": dtype,
-        "skip_bad": skip_bad, "fingerprint": fp,
-    }
+    common = {"out": str(out), "fingerprint": fp, **{k: params[k] for k in _TASK_PARAMS}}
     records, tasks = _plan(urls, n, common, shard_size=shard_size, overwrite=overwrite, progress=progress)
     if tasks:
-        log.info("%s/%s: writing %d of %d shards with %d workers", name, split, len(tasks), num_shards, workers)
+        log.info(
+            "%s/%s: writing %d of %d shards with %d workers", name, split, len(tasks), num_shards, workers
+        )
     started = time.time()
     _run(source, tasks, workers, records, progress)
     manifest = _manifest(source, params, fp, [records[k] for k in range(num_shards)], started)
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)  # last: from now on the split counts as complete
     for url in urls:
         (out / f".{url}.done").unlink(missing_ok=True)
     return manifest

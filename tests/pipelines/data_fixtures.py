@@ -21,7 +21,9 @@ def jpeg_bytes(rng: np.random.Generator, size=(40, 30), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
-def imagenet_tree(root: Path, classes=("n01440764", "n01443537", "n02102040"), per_class=4, val="flat_loc") -> Path:
+def imagenet_tree(
+    root: Path, classes=("n01440764", "n01443537", "n02102040"), per_class=4, val="flat_loc"
+) -> Path:
     """train/<wnid>/*.JPEG and val/ in one of: 'flat_loc' (LOC_val_solution.csv), 'flat_txt' (val_labels.txt),
     'flat_devkit' (ground truth + meta.mat), 'folders'."""
     rng = np.random.default_rng(0)
@@ -30,7 +32,9 @@ def imagenet_tree(root: Path, classes=("n01440764", "n01443537", "n02102040"), p
         d.mkdir(parents=True)
         for i in range(per_class):
             (d / f"{c}_{i}.JPEG").write_bytes(jpeg_bytes(rng, (30 + 5 * i, 40)))
-    val_labels = [(f"ILSVRC2012_val_{i + 1:08d}", classes[(i * 2) % len(classes)]) for i in range(2 * len(classes))]
+    val_labels = [
+        (f"ILSVRC2012_val_{i + 1:08d}", classes[(i * 2) % len(classes)]) for i in range(2 * len(classes))
+    ]
     for stem, wnid in val_labels:
         folder = root / "val" / wnid if val == "folders" else root / "val"
         folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +57,9 @@ def imagenet_tree(root: Path, classes=("n01440764", "n01443537", "n02102040"), p
         for i, c in enumerate(classes):
             synsets[i] = (ids[c], c)
         savemat(dev / "meta.mat", {"synsets": synsets})
-        (dev / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for _, w in val_labels))
+        (dev / "ILSVRC2012_validation_ground_truth.txt").write_text(
+            "".join(f"{ids[w]}\n" for _, w in val_labels)
+        )
     return root
 
 
@@ -71,9 +77,12 @@ def cifar100_tree(root: Path, n_train=30, n_test=12) -> Path:
         phase = rng.uniform(0, 6.28, size=(n, 3, 1, 1))
         smooth = 128 + 100 * np.sin(f[:, :, 0] * yy + f[:, :, 1] * xx + phase)  # JPEG-friendly content
         data = smooth.astype(np.uint8).reshape(n, 3072)
-        batch = {b"data": data, b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
-                 b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)],
-                 b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"data": data,
+            b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+            b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)],
+            b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
+        }
         with open(d / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return root
@@ -130,7 +139,8 @@ def dicom_series(folder: Path, slices=7, rows=16, cols=12, start_hu=-100.0, step
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.WindowCenter, ds.WindowWidth = 40, 400
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0, 0, float(-2.5 * k)]  # z decreases: sorting must use the normal, not names
+        # z decreases: sorting must use the normal, not names
+        ds.ImagePositionPatient = [0, 0, float(-2.5 * k)]
         ds.InstanceNumber = slices - k
         value = start_hu + step_hu * (slices - 1 - k)  # slice at the lowest z has the highest value
         ds.PixelData = np.full((rows, cols), int(value + 1024), np.int16).tobytes()
@@ -181,6 +191,8 @@ def ucf101_tree(root: Path) -> Path:
             write_video(root / "UCF-101" / rel, frames=20 + 4 * ci)
             (test if g == 1 else train).append(rel)
     for s in (1, 2, 3):
-        (lists / f"trainlist0{s}.txt").write_text("".join(f"{r} {classes.index(r.split('/')[0]) + 1}\n" for r in train))
+        (lists / f"trainlist0{s}.txt").write_text(
+            "".join(f"{r} {classes.index(r.split('/')[0]) + 1}\n" for r in train)
+        )
         (lists / f"testlist0{s}.txt").write_text("".join(f"{r}\n" for r in test))
     return root

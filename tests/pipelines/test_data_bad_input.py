@@ -37,14 +37,31 @@ def test_corrupt_jpeg_names_the_file_or_is_skipped(tmp_path, workers, caplog):
         prepare("imagenet", tmp_path / "out", src=root, progress=False, workers=workers, shard_size=4)
     assert not (webdataset_dir(tmp_path / "out", "imagenet", "train") / "manifest.json").exists()
     with caplog.at_level(logging.WARNING):
-        rows = prepare("imagenet", tmp_path / "out", src=root, progress=False, workers=workers, shard_size=4,
-                       skip_bad=True)
+        rows = prepare(
+            "imagenet",
+            tmp_path / "out",
+            src=root,
+            progress=False,
+            workers=workers,
+            shard_size=4,
+            skip_bad=True,
+        )
     assert rows[0]["samples"] == 11 and rows[0]["skipped"] == 1
     assert "skipped 1 bad samples" in caplog.text and str(bad) in caplog.text
-    manifest = json.loads((webdataset_dir(tmp_path / "out", "imagenet", "train") / "manifest.json").read_text())
+    manifest = json.loads(
+        (webdataset_dir(tmp_path / "out", "imagenet", "train") / "manifest.json").read_text()
+    )
     assert manifest["num_skipped"] == 1 and manifest["skipped"][0][0] == str(bad)
-    loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="imagenet", split="train",
-                          batch_size=11, train=False, image_size=16, workers=0)
+    loader = build_loader(
+        backend="webdataset",
+        root=tmp_path / "out",
+        dataset="imagenet",
+        split="train",
+        batch_size=11,
+        train=False,
+        image_size=16,
+        workers=0,
+    )
     assert len(next(iter(loader))["label"]) == 11
 
 
@@ -56,14 +73,25 @@ def test_truncated_or_altered_shard_is_refused(data_root, tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 4096])
     with pytest.raises(DataError, match=r"digits-val-000000.tar.*truncated"):
-        build_loader(backend="webdataset", root=tmp_path, dataset="digits", split="val", batch_size=8, train=False)
+        build_loader(
+            backend="webdataset", root=tmp_path, dataset="digits", split="val", batch_size=8, train=False
+        )
     altered = bytearray(data)
     altered[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(altered))
-    build_loader(backend="webdataset", root=tmp_path, dataset="digits", split="val", batch_size=8, train=False)
+    build_loader(
+        backend="webdataset", root=tmp_path, dataset="digits", split="val", batch_size=8, train=False
+    )
     with pytest.raises(DataError, match=r"digits-val-000000.tar: sha256 differs"):
-        build_loader(backend="webdataset", root=tmp_path, dataset="digits", split="val", batch_size=8, train=False,
-                     verify=True)
+        build_loader(
+            backend="webdataset",
+            root=tmp_path,
+            dataset="digits",
+            split="val",
+            batch_size=8,
+            train=False,
+            verify=True,
+        )
 
 
 def test_missing_ffcv_manifest_means_incomplete(data_root, tmp_path):
@@ -130,8 +158,16 @@ def test_corrupt_dicom_slice_named(tmp_path):
 def test_cli_reports_bad_input_and_skips_on_request(tmp_path):
     root = imagenet_tree(tmp_path / "in")
     bad = _corrupt_jpeg(root)
-    cmd = [sys.executable, str(REPO / "launch" / "prepare_data.py"), "imagenet", "--src", str(root),
-           "--out", str(tmp_path / "out"), "--quiet"]
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "prepare_data.py"),
+        "imagenet",
+        "--src",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
@@ -150,7 +186,8 @@ def test_ffcv_reader_failure_is_an_error_not_a_hang(data_root, monkeypatch):
         raise RuntimeError("simulated decoder failure")
 
     monkeypatch.setattr(EpochIterator, "run_pipeline", broken)
-    loader = build_loader(backend="ffcv", root=data_root, dataset="digits", split="val", batch_size=8, train=False,
-                          workers=1)
+    loader = build_loader(
+        backend="ffcv", root=data_root, dataset="digits", split="val", batch_size=8, train=False, workers=1
+    )
     with pytest.raises(DataError, match=r"val.beton: FFCV's reader thread stopped \(RuntimeError: simulated"):
         next(iter(loader))

@@ -9,8 +9,18 @@ from pipelines import get_source, list_sources
 
 
 def test_registry_lists_every_source():
-    assert {"digits", "compass2d", "compass3d", "imagenet", "imagefolder", "cifar100", "medmnist3d", "nifti",
-            "dicom", "ucf101"} <= set(list_sources())
+    assert {
+        "digits",
+        "compass2d",
+        "compass3d",
+        "imagenet",
+        "imagefolder",
+        "cifar100",
+        "medmnist3d",
+        "nifti",
+        "dicom",
+        "ucf101",
+    } <= set(list_sources())
     with pytest.raises(KeyError, match="unknown source"):
         get_source("mnist")
 

@@ -12,8 +12,16 @@ from pipelines import BACKENDS, build_loader, dataset_info
 def make(backend, root, dataset="digits", split="val", batch_size=32, train=False, image_size=None, **kw):
     require_backend(backend)
     kw.setdefault("workers", 1)
-    return build_loader(backend=backend, root=str(root), dataset=dataset, split=split, batch_size=batch_size,
-                        train=train, image_size=image_size, **kw)
+    return build_loader(
+        backend=backend,
+        root=str(root),
+        dataset=dataset,
+        split=split,
+        batch_size=batch_size,
+        train=train,
+        image_size=image_size,
+        **kw,
+    )
 
 
 def collect(loader):
@@ -26,9 +34,15 @@ def collect(loader):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("dataset", "size", "shape"), [("digits", 32, (1, 32, 32)), ("compass2d", 16, (3, 16, 16)),
-                                                        ("compass3d", 8, (1, 8, 8, 8)),
-                                                        ("compass3d", 16, (1, 16, 16, 16))])
+@pytest.mark.parametrize(
+    ("dataset", "size", "shape"),
+    [
+        ("digits", 32, (1, 32, 32)),
+        ("compass2d", 16, (3, 16, 16)),
+        ("compass3d", 8, (1, 8, 8, 8)),
+        ("compass3d", 16, (1, 16, 16, 16)),
+    ],
+)
 def test_batch_contract(backend, data_root, dataset, size, shape):
     for train in (False, True):
         loader = make(backend, data_root, dataset, batch_size=16, train=train, image_size=size)
@@ -71,8 +85,17 @@ def test_two_ranks_are_disjoint_and_cover_the_split(backend, data_root, train):
     n = dataset_info(data_root, "compass2d")["splits"]["val"]  # 130: not a multiple of 2 x batch
     parts = []
     for rank in range(2):
-        loader = make(backend, data_root, "compass2d", batch_size=16, train=train, image_size=16, rank=rank,
-                      world_size=2, drop_last=False)
+        loader = make(
+            backend,
+            data_root,
+            "compass2d",
+            batch_size=16,
+            train=train,
+            image_size=16,
+            rank=rank,
+            world_size=2,
+            drop_last=False,
+        )
         idx, _, _ = collect(loader)
         assert len(idx) == len(set(idx.tolist())) == loader.num_samples
         parts.append(set(idx.tolist()))
@@ -85,15 +108,31 @@ def test_two_ranks_are_disjoint_and_cover_the_split(backend, data_root, train):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_len_is_equal_on_every_rank(backend, data_root):
-    lens = [len(make(backend, data_root, "digits", "train", batch_size=50, train=True, image_size=16, rank=r,
-                     world_size=3)) for r in range(3)]
+    lens = [
+        len(
+            make(
+                backend,
+                data_root,
+                "digits",
+                "train",
+                batch_size=50,
+                train=True,
+                image_size=16,
+                rank=r,
+                world_size=3,
+            )
+        )
+        for r in range(3)
+    ]
     assert lens == [1437 // 3 // 50] * 3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shuffle_is_deterministic_per_seed_and_epoch(backend, data_root):
     def order(seed, epoch):
-        loader = make(backend, data_root, "compass2d", "train", batch_size=20, train=True, image_size=16, seed=seed)
+        loader = make(
+            backend, data_root, "compass2d", "train", batch_size=20, train=True, image_size=16, seed=seed
+        )
         loader.set_epoch(epoch)
         return collect(loader)[0].tolist()
 
@@ -129,13 +168,18 @@ def test_resume_skips_exactly_the_consumed_batches(backend, data_root):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixup_and_cutmix_make_soft_targets(backend, data_root):
     for kw in ({"mixup": 0.8}, {"cutmix": 1.0}, {"mixup": 0.8, "cutmix": 1.0}):
-        loader = make(backend, data_root, "compass2d", "train", batch_size=16, train=True, image_size=16, **kw)
+        loader = make(
+            backend, data_root, "compass2d", "train", batch_size=16, train=True, image_size=16, **kw
+        )
         b = next(iter(loader))
         t = b["target"]
         assert t.shape == (16, 8) and torch.allclose(t.sum(1), torch.ones(16))
         assert (t.max(1).values < 1).any(), "some targets are mixtures"
-    vol = next(iter(make(backend, data_root, "compass3d", "train", batch_size=8, train=True, image_size=8,
-                         cutmix=1.0)))
+    vol = next(
+        iter(
+            make(backend, data_root, "compass3d", "train", batch_size=8, train=True, image_size=8, cutmix=1.0)
+        )
+    )
     assert vol["target"].shape == (8, 6) and vol["input"].shape == (8, 1, 8, 8, 8)
 
 
@@ -153,13 +197,20 @@ def test_augmentations_are_reproducible(data_root):
     assert torch.equal(a, b)
 
 
-
 def test_float16_volumes_read_the_same_on_every_backend(tmp_path):
     from pipelines import prepare
 
     formats = ["webdataset"] + (["ffcv"] if _has("ffcv") else [])
-    prepare("compass3d", tmp_path, formats=formats, image_size=10, num_train=40, num_val=20, volume_dtype="float16",
-            progress=False)
+    prepare(
+        "compass3d",
+        tmp_path,
+        formats=formats,
+        image_size=10,
+        num_train=40,
+        num_val=20,
+        volume_dtype="float16",
+        progress=False,
+    )
     ref_idx, ref_lab, ref_x = collect(make("webdataset", tmp_path, "compass3d", image_size=8, batch_size=8))
     for backend in [b for b in ("ffcv", "dali") if _has(b)]:
         idx, lab, x = collect(make(backend, tmp_path, "compass3d", image_size=8, batch_size=8))
@@ -175,8 +226,19 @@ def test_loader_options_are_the_config_words(data_root):
 
     words = {"workers", "crop_scale", "eval_crop_ratio", "mixup", "cutmix", "flip", "randaugment"}
     assert words <= {f.name for f in dataclasses.fields(DataConfig)}
-    loader = make("webdataset", data_root, train=True, image_size=16, workers=0, crop_scale=(0.5, 1.0),
-                  eval_crop_ratio=0.9, mixup=0.2, cutmix=0.3, flip=False, randaugment=[1, 5])  # fmt: skip
+    loader = make(
+        "webdataset",
+        data_root,
+        train=True,
+        image_size=16,
+        workers=0,
+        crop_scale=(0.5, 1.0),
+        eval_crop_ratio=0.9,
+        mixup=0.2,
+        cutmix=0.3,
+        flip=False,
+        randaugment=[1, 5],
+    )
     assert (loader.workers, loader.crop_scale, loader.eval_crop_ratio) == (0, (0.5, 1.0), 0.9)
     assert (loader.mixup, loader.cutmix, loader.flip, loader.randaugment) == (0.2, 0.3, False, (1, 5))
     with pytest.raises(TypeError, match="num_workers"):

@@ -40,15 +40,25 @@ def test_imagenet_prepare_and_load_passes_jpegs_through(tmp_path):
     assert [(r["split"], r["samples"], r["files"]) for r in rows] == [("train", 12, 3), ("val", 6, 2)]
     info = dataset_info(tmp_path / "out", "imagenet")
     assert info["num_classes"] == 3 and info["channels"] == 3 and info["mean"] == [0.485, 0.456, 0.406]
-    loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="imagenet", split="val",
-                          batch_size=4, train=False, image_size=24, workers=0)
+    loader = build_loader(
+        backend="webdataset",
+        root=tmp_path / "out",
+        dataset="imagenet",
+        split="val",
+        batch_size=4,
+        train=False,
+        image_size=24,
+        workers=0,
+    )
     labels = torch.cat([b["label"] for b in loader])
     assert labels.tolist() == [(2 * i) % 3 for i in range(6)]
     import tarfile
 
     from pipelines.paths import webdataset_dir
 
-    with tarfile.open(webdataset_dir(tmp_path / "out", "imagenet", "train") / "imagenet-train-000000.tar") as tar:
+    with tarfile.open(
+        webdataset_dir(tmp_path / "out", "imagenet", "train") / "imagenet-train-000000.tar"
+    ) as tar:
         stored = tar.extractfile("000000000.jpg").read()
     assert stored == (root / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG").read_bytes()
 
@@ -90,8 +100,16 @@ def test_cifar100_round_trip_through_every_backend(tmp_path):
     for backend in BACKENDS:
         if backend in LIBRARY and not _importable(LIBRARY[backend]):
             continue
-        loader = build_loader(backend=backend, root=tmp_path / "out", dataset="cifar100", split="val",
-                              batch_size=5, train=False, image_size=32, workers=1)
+        loader = build_loader(
+            backend=backend,
+            root=tmp_path / "out",
+            dataset="cifar100",
+            split="val",
+            batch_size=5,
+            train=False,
+            image_size=32,
+            workers=1,
+        )
         batches = list(loader)
         labels = torch.cat([b["label"] for b in batches])
         assert labels.tolist() == [ref.get("val", i).label for i in range(12)], backend
@@ -119,8 +137,16 @@ def test_medmnist3d(tmp_path):
         s = src.get("test", 3)
         assert np.array_equal(s.data[0], npz["test_images"][3]) and s.label == npz["test_labels"][3, 0]
     prepare("medmnist3d", tmp_path / "out", src=path, progress=False)
-    loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="medmnist3d", split="train",
-                          batch_size=4, train=True, image_size=24, workers=0)
+    loader = build_loader(
+        backend="webdataset",
+        root=tmp_path / "out",
+        dataset="medmnist3d",
+        split="train",
+        batch_size=4,
+        train=True,
+        image_size=24,
+        workers=0,
+    )
     b = next(iter(loader))
     assert b["input"].shape == (4, 1, 24, 24, 24)
     assert dataset_info(tmp_path / "out", "medmnist3d")["spatial_rank"] == 3
@@ -168,8 +194,15 @@ def test_ucf101_clips(tmp_path):
     b1, b2 = first.data.mean(axis=(0, 2, 3)), second.data.mean(axis=(0, 2, 3))
     assert np.all(np.diff(b1) > 0) and b2.min() > b1.max(), "frames in time order, second clip later"
     prepare("ucf101", tmp_path / "out", src=root, progress=False, image_size=32, frames=4)
-    loader = build_loader(backend="webdataset", root=tmp_path / "out", dataset="ucf101", split="val",
-                          batch_size=3, train=False, workers=0)
+    loader = build_loader(
+        backend="webdataset",
+        root=tmp_path / "out",
+        dataset="ucf101",
+        split="val",
+        batch_size=3,
+        train=False,
+        workers=0,
+    )
     b = next(iter(loader))
     assert b["input"].shape == (3, 3, 4, 32, 32) and b["label"].tolist() == [0, 1, 2]
 
@@ -188,7 +221,9 @@ def test_png_and_cmyk_files_named_jpeg_are_reencoded(tmp_path):
     Image.fromarray(arr).save(root / "train" / WNIDS[0] / "png_inside.JPEG", format="PNG")
     Image.fromarray(arr).convert("CMYK").save(root / "train" / WNIDS[0] / "cmyk.JPEG", format="JPEG")
     prepare("imagenet", tmp_path / "out", src=root, progress=False, splits=["train"])
-    with tarfile.open(webdataset_dir(tmp_path / "out", "imagenet", "train") / "imagenet-train-000000.tar") as tar:
+    with tarfile.open(
+        webdataset_dir(tmp_path / "out", "imagenet", "train") / "imagenet-train-000000.tar"
+    ) as tar:
         for member in tar.getmembers():
             if member.name.endswith(".jpg"):
                 img = Image.open(io.BytesIO(tar.extractfile(member).read()))

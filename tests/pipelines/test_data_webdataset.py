@@ -54,8 +54,9 @@ def test_dali_index_matches_dalis_own_tool(data_root, tmp_path):
     tool = shutil.which("wds2idx") or os.path.join(os.path.dirname(os.sys.executable), "wds2idx")
     if not os.path.exists(tool):
         pytest.skip("DALI's wds2idx is not installed")
-    subprocess.run([tool, str(d / "digits-val-000000.tar"), str(tmp_path / "ref.idx")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [tool, str(d / "digits-val-000000.tar"), str(tmp_path / "ref.idx")], check=True, capture_output=True
+    )
     assert (tmp_path / "ref.idx").read_text().split() == " ".join(ours).split()
 
 
@@ -84,8 +85,9 @@ def test_resume_rewrites_only_unfinished_shards(tmp_path, monkeypatch):
     assert not (d / "manifest.json").exists(), "an interrupted split has no manifest"
     assert not list(d.glob(".*.tmp*")), "no half-written shard is left under any name"
     with pytest.raises(DataError, match="no manifest"):
-        build_loader(backend="webdataset", root=tmp_path, dataset="compass2d", split="train",
-                     batch_size=8, train=False)
+        build_loader(
+            backend="webdataset", root=tmp_path, dataset="compass2d", split="train", batch_size=8, train=False
+        )
     fail[0] = False
     done_mtimes = {p.name: p.stat().st_mtime_ns for p in d.glob("*.tar")}
     assert set(done_mtimes) == {"compass2d-train-000000.tar", "compass2d-train-000001.tar"}

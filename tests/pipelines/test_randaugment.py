@@ -46,8 +46,16 @@ def _ffcv_threads_finished():
 def make(backend, root, dataset="compass2d", split="train", train=True, image_size=16, batch_size=8, **kw):
     require_backend(backend)
     kw.setdefault("workers", 0 if backend == "webdataset" else 1)
-    return build_loader(backend=backend, root=str(root), dataset=dataset, split=split, batch_size=batch_size,
-                        train=train, image_size=image_size, **kw)
+    return build_loader(
+        backend=backend,
+        root=str(root),
+        dataset=dataset,
+        split=split,
+        batch_size=batch_size,
+        train=train,
+        image_size=image_size,
+        **kw,
+    )
 
 
 # ---- the ops ---------------------------------------------------------------------------------------------
@@ -59,13 +67,17 @@ def test_the_papers_fourteen_ops():
 @pytest.mark.parametrize("op", RA.OPS)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_op_keeps_dtype_shape_and_range(op, channels):
-    for img in (image(channels), torch.zeros(channels, 9, 7, dtype=torch.uint8),
-                torch.full((channels, 9, 7), 255, dtype=torch.uint8)):
+    for img in (
+        image(channels),
+        torch.zeros(channels, 9, 7, dtype=torch.uint8),
+        torch.full((channels, 9, 7), 255, dtype=torch.uint8),
+    ):
         for magnitude in (0, 9, 30):
             for sign in (1.0, -1.0):
                 out = RA.apply_op(img, op, magnitude, sign)
                 assert out.dtype == torch.uint8 and out.shape == img.shape, (op, magnitude, sign)
-                assert out is img or not np.shares_memory(out.numpy(), img.numpy())  # never writes into its input
+                # never writes into its input
+                assert out is img or not np.shares_memory(out.numpy(), img.numpy())
 
 
 def test_enhance_ops_saturate_instead_of_wrapping():
@@ -100,8 +112,12 @@ def test_enhance_and_histogram_ops_agree_with_pil():
         ref = torch.from_numpy(np.array(theirs)).permute(2, 0, 1).to(torch.int32)
         return int((ours.to(torch.int32) - ref).abs().max()) <= tol
 
-    for name, enhancer in (("brightness", ImageEnhance.Brightness), ("color", ImageEnhance.Color),
-                           ("contrast", ImageEnhance.Contrast), ("sharpness", ImageEnhance.Sharpness)):
+    for name, enhancer in (
+        ("brightness", ImageEnhance.Brightness),
+        ("color", ImageEnhance.Color),
+        ("contrast", ImageEnhance.Contrast),
+        ("sharpness", ImageEnhance.Sharpness),
+    ):
         for sign in (1.0, -1.0):
             factor = 1 + sign * 0.9 * 12 / 30
             assert close(RA.apply_op(img, name, 12, sign), enhancer(pil).enhance(factor)), (name, sign)
@@ -162,7 +178,9 @@ def test_the_same_seed_epoch_and_sample_give_the_same_augmentation():
 
 def test_ops_are_drawn_uniformly_with_replacement_at_the_one_magnitude(monkeypatch):
     calls = []
-    monkeypatch.setattr(RA, "apply_op", lambda img, name, magnitude, sign: calls.append((name, magnitude, sign)) or img)
+    monkeypatch.setattr(
+        RA, "apply_op", lambda img, name, magnitude, sign: calls.append((name, magnitude, sign)) or img
+    )
     for pos in range(700):
         RA.rand_augment(image(), 2, 7, RA.sample_rng(0, 0, pos))
     assert len(calls) == 1400 and {m for _, m, _ in calls} == {7}
@@ -247,8 +265,10 @@ def test_each_sample_gets_its_own_seed_epoch_position_generator(backend, data_ro
     loader = make(backend, data_root, randaugment=[2, 9], seed=3)
     loader.set_epoch(4)
     next(iter(loader))
-    expected = [(2, 9, RA.sample_rng(3, 4, int(p)).bit_generator.state["state"]["state"])
-                for p in loader.positions(4)[:8]]
+    expected = [
+        (2, 9, RA.sample_rng(3, 4, int(p)).bit_generator.state["state"]["state"])
+        for p in loader.positions(4)[:8]
+    ]
     assert seen == expected
 
 
@@ -257,8 +277,12 @@ def test_volumes_and_video_are_refused(backend, data_root):
     with pytest.raises(ValueError, match=r"randaugment is defined on 2D images.*volume"):
         make(backend, data_root, "compass3d", image_size=8, randaugment=[2, 9])
     # evaluation ignores it, so one set of options serves both loaders
-    assert make(backend, data_root, "compass3d", split="val", train=False, image_size=8,
-                randaugment=[2, 9]).randaugment is None
+    assert (
+        make(
+            backend, data_root, "compass3d", split="val", train=False, image_size=8, randaugment=[2, 9]
+        ).randaugment
+        is None
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -287,8 +311,17 @@ assert not failures
 print("converted")
 """
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
     assert done.returncode == 0 and "converted" in done.stdout, done.stderr[-2000:]
     assert "converting again" in done.stderr
