@@ -33,12 +33,12 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         rank=denv.rank,
         world_size=denv.world_size,
         seed=cfg.train.seed,
-        num_workers=d.workers,
-        mixup_alpha=d.mixup,
-        cutmix_alpha=d.cutmix,
+        workers=d.workers,
+        mixup=d.mixup,
+        cutmix=d.cutmix,
         # soft targets only when mixing (they then carry the smoothing); else the loss smooths
         label_smoothing=cfg.optim.label_smoothing if d.mixup > 0 or d.cutmix > 0 else 0.0,
-        scale=tuple(d.crop_scale),
+        crop_scale=tuple(d.crop_scale),
         randaugment=list(d.randaugment) if d.randaugment else None,
         flip=d.flip,
     )
@@ -64,8 +64,8 @@ def eval_loader(cfg: DictConfig, denv, size: list[int]):
         rank=denv.rank,
         world_size=denv.world_size,
         seed=cfg.train.seed,
-        num_workers=d.workers,
-        crop_ratio=d.eval_crop_ratio,
+        workers=d.workers,
+        eval_crop_ratio=d.eval_crop_ratio,
     )
 
 
