@@ -34,7 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _slurm_master_addr() -> str:
+def slurm_master_addr() -> str:
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     try:
         first = subprocess.run(
@@ -59,7 +59,7 @@ def discover() -> DistEnv:
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-        env.setdefault("MASTER_ADDR", _slurm_master_addr())
+        env.setdefault("MASTER_ADDR", slurm_master_addr())
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
     else:
         launcher = "single"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from liere.models.patches import patchify, unpatchify
 
 
 def size_name(size: Sequence[int]) -> str:
@@ -48,21 +49,11 @@ def shuffle_patches(x: torch.Tensor, patch_size: tuple[int, ...], generator: tor
     A model that ignores position is unchanged by this; the drop in accuracy measures how much a
     model relies on where its patches are. Spatial sizes must be multiples of ``patch_size``.
     """
-    b, c, *spatial = x.shape
-    n = len(spatial)
-    if len(patch_size) != n or any(s % p for s, p in zip(spatial, patch_size)):
-        raise ValueError(f"input {tuple(spatial)} is not a whole grid of {tuple(patch_size)} patches")
-    grid = [s // p for s, p in zip(spatial, patch_size)]
-    # (B, C, g1, p1, g2, p2, ...) -> (B, g1 g2 ..., C, p1, p2, ...)
-    shape = [b, c] + [v for g, p in zip(grid, patch_size) for v in (g, p)]
-    tiles = x.reshape(shape)
-    order = [0] + [2 + 2 * i for i in range(n)] + [1] + [3 + 2 * i for i in range(n)]
-    tiles = tiles.permute(order).reshape(b, math.prod(grid), c, *patch_size)
+    tiles = patchify(x, patch_size)  # (B, N, C, *patch), raises unless a whole grid
+    b = x.shape[0]
     perm = torch.rand(b, tiles.shape[1], generator=generator).argsort(dim=1).to(x.device)
     tiles = tiles[torch.arange(b, device=x.device)[:, None], perm]
-    back = tiles.reshape(b, *grid, c, *patch_size)
-    inverse = [0, n + 1] + [v for i in range(n) for v in (1 + i, n + 2 + i)]
-    return back.permute(inverse).reshape(x.shape)
+    return unpatchify(tiles, [s // p for s, p in zip(x.shape[2:], patch_size)])
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
@@ -79,6 +70,7 @@ def evaluate(
     loader,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    *,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     predictions: bool = False,
 ) -> dict[str, Any]:

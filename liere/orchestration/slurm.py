@@ -65,9 +65,9 @@ class RankLauncher(submitit.helpers.Checkpointable):
         if dist.world_size == 1:
             return env, 0  # the engine's single-process mode picks its own port
         if submitit.JobEnvironment().cluster == "slurm":
-            from liere.engine.distributed import _slurm_master_addr
+            from liere.engine.distributed import slurm_master_addr
 
-            dist.master_addr = _slurm_master_addr()  # the first node, or loopback where names do not resolve
+            dist.master_addr = slurm_master_addr()  # the first node, or loopback where names do not resolve
         else:
             dist.master_addr = "127.0.0.1"  # submitit's local cluster: this one machine
         env.update(
