@@ -22,26 +22,10 @@ def data_root(tmp_path_factory):
             raise
         formats = ["webdataset"]
     prepare("digits", root, formats=formats, shard_size=500, progress=False)
-    prepare(
-        "compass2d",
-        root,
-        formats=formats,
-        image_size=24,
-        num_train=300,
-        num_val=130,
-        shard_size=100,
-        progress=False,
-    )
-    prepare(
-        "compass3d",
-        root,
-        formats=formats,
-        image_size=12,
-        num_train=200,
-        num_val=90,
-        shard_size=64,
-        progress=False,
-    )
+    sizes = {"compass2d": dict(image_size=24, num_train=300, num_val=130, shard_size=100),
+             "compass3d": dict(image_size=12, num_train=200, num_val=90, shard_size=64)}  # fmt: skip
+    for name, kw in sizes.items():
+        prepare(name, root, formats=formats, progress=False, **kw)
     return root
 
 

@@ -21,3 +21,11 @@ def require_backend(backend: str) -> None:
     """Skip (or, under CI=true, fail) when the library a backend needs is missing."""
     if backend in LIBRARY:
         require(LIBRARY[backend])
+
+
+def make_loader(backend: str, root, dataset: str, split: str, **options):
+    """build_loader over a prepared test split; skips (or fails under CI) when the backend's library is missing."""
+    from pipelines import build_loader
+
+    require_backend(backend)
+    return build_loader(backend=backend, root=str(root), dataset=dataset, split=split, **options)

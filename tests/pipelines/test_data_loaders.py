@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from data_helpers import require_backend
+from data_helpers import make_loader, require_backend
 
-from pipelines import BACKENDS, build_loader, dataset_info
+from pipelines import BACKENDS, dataset_info
 
 
-def make(backend, root, dataset="digits", split="val", batch_size=32, train=False, image_size=None, **kw):
-    require_backend(backend)
-    kw.setdefault("workers", 1)
-    return build_loader(
-        backend=backend,
-        root=str(root),
-        dataset=dataset,
-        split=split,
-        batch_size=batch_size,
-        train=train,
-        image_size=image_size,
-        **kw,
-    )
+def make(backend, root, dataset="digits", split="val", **kw):
+    options = {"batch_size": 32, "train": False, "image_size": None, "workers": 1, **kw}
+    return make_loader(backend, root, dataset, split, **options)
 
 
 def collect(loader):

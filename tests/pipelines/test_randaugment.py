@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import require, require_backend
+from data_helpers import make_loader, require, require_backend
 
-from pipelines import BACKENDS, build_loader
+from pipelines import BACKENDS
 from pipelines import randaugment as RA
 
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -43,19 +43,10 @@ def _ffcv_threads_finished():
             thread.join(timeout=60)
 
 
-def make(backend, root, dataset="compass2d", split="train", train=True, image_size=16, batch_size=8, **kw):
-    require_backend(backend)
-    kw.setdefault("workers", 0 if backend == "webdataset" else 1)
-    return build_loader(
-        backend=backend,
-        root=str(root),
-        dataset=dataset,
-        split=split,
-        batch_size=batch_size,
-        train=train,
-        image_size=image_size,
-        **kw,
-    )
+def make(backend, root, dataset="compass2d", split="train", **kw):
+    workers = 0 if backend == "webdataset" else 1
+    options = {"train": True, "image_size": 16, "batch_size": 8, "workers": workers, **kw}
+    return make_loader(backend, root, dataset, split, **options)
 
 
 # ---- the ops ---------------------------------------------------------------------------------------------
