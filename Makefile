@@ -31,7 +31,7 @@ help:
 	@echo "make test-fast  the unit tests only (no services, no training)"
 	@echo "make demo       set up training, then train a LieRE ViT on embedded digits (2 DeepSpeed ranks)"
 	@echo "make ui         the MLflow UI for this checkout's runs on http://127.0.0.1:$(UI_PORT)"
-	@echo "make lint       ruff check"
+	@echo "make lint       ruff check and ruff format --check"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,7 @@ install: $(VENV)/.test
 
 test: $(VENV)/.test $(VENV)/.slurm
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test
@@ -104,6 +105,7 @@ test-fast: $(VENV)/.test
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(VENV)/.test
 	$(BIN)/ruff format .

@@ -171,7 +171,9 @@ def main() -> None:
     p.add_argument("--models", default="2d,3d")
     p.add_argument("--batches", default="8,32")
     p.add_argument(
-        "--precisions", default="auto", help="comma list of fp32, bf16, auto (the training default's choice here)"
+        "--precisions",
+        default="auto",
+        help="comma list of fp32, bf16, auto (the training default's choice here)",
     )
     p.add_argument("--inits", default="paper,small")
     p.add_argument("--encodings", default=",".join(ENCODINGS))

@@ -49,7 +49,9 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 64  # per rank and micro step
     eval_batch_size: int | None = None  # default: batch_size
-    eval_crop_ratio: float | None = None  # evaluation center crop / resize (default: 0.875 from 128 px up, else 1)
+    eval_crop_ratio: float | None = (
+        None  # evaluation center crop / resize (default: 0.875 from 128 px up, else 1)
+    )
     workers: int = 2  # loader worker processes per rank
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
     flip: bool = True  # random left-right flips in training (off when labels tell left from right)
@@ -77,7 +79,9 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (default: epochs)
     grad_accum: int = 1  # micro steps per optimizer step
-    precision: str = "auto"  # auto (what the device runs natively: liere/engine/precision.py), bf16, fp16, fp32
+    precision: str = (
+        "auto"  # auto (what the device runs natively: liere/engine/precision.py), bf16, fp16, fp32
+    )
     zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
     seed: int = 0
     out_dir: str = "runs/${tracking.experiment}/${tracking.run_name}"  # checkpoints, exports, reports
@@ -167,11 +171,21 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
 def _check_model(m: DictConfig, d: DictConfig) -> None:
     import liere
 
-    _need(len(m.img_size) in (2, 3), "model.img_size", list(m.img_size), "expected 2 (image) or 3 (volume) sizes")
+    _need(
+        len(m.img_size) in (2, 3),
+        "model.img_size",
+        list(m.img_size),
+        "expected 2 (image) or 3 (volume) sizes",
+    )
     _need(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "expected token or avg")
     models, encodings = liere.list_models(), liere.encodings.list_encodings()
     _need(m.name in models, "model.name", m.name, f"unknown model; registered: {models}")
-    _need(m.encoding in encodings, "model.encoding", m.encoding, f"unknown encoding; expected one of {encodings}")
+    _need(
+        m.encoding in encodings,
+        "model.encoding",
+        m.encoding,
+        f"unknown encoding; expected one of {encodings}",
+    )
 
 
 def _check_sparsity_and_eval(cfg: DictConfig) -> None:

@@ -157,10 +157,14 @@ class Trainer:
             config=deepspeed_config(cfg, denv.world_size),
         )  # fmt: skip
         torch.manual_seed(cfg.train.seed * 1000 + denv.rank)  # per-rank stochastic depth and dropout
-        self.checkpointer = Checkpointer(self.out_dir, denv.rank, cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
+        self.checkpointer = Checkpointer(
+            self.out_dir, denv.rank, cfg.train.keep_checkpoints, cfg.train.checkpoint_every
+        )
         self.progress = self._resume()
         self.tracker = self._start_tracking(model)
-        self.metrics = TrainMetrics(cfg, denv, self.device, self.tracker, total_steps=self.total_steps, progress=self.progress)
+        self.metrics = TrainMetrics(
+            cfg, denv, self.device, self.tracker, total_steps=self.total_steps, progress=self.progress
+        )
         self.criterion = build_criterion(cfg)
         weight = cfg.sparsity.weight
         self.penalty = SparsityPenalty(cfg, self.steps_per_epoch) if weight else None
@@ -172,7 +176,10 @@ class Trainer:
         if not tag:
             return Progress()
         progress = Progress(**self.checkpointer.load(self.engine, tag)["progress"])
-        log0(self.denv, f"resumed from {self.checkpointer.dir / tag}: step {progress.step}, epoch {progress.epoch}")
+        log0(
+            self.denv,
+            f"resumed from {self.checkpointer.dir / tag}: step {progress.step}, epoch {progress.epoch}",
+        )
         return progress
 
     def _start_tracking(self, model) -> Tracker:
@@ -357,7 +364,10 @@ def _dry_run(cfg: DictConfig, denv) -> dict[str, Any]:
             raise ValueError(
                 f"{err}\n(a dry run without prepared data needs model.num_classes and model.in_chans)"
             ) from None
-        loader, info = None, {"channels": m.in_chans, "num_classes": m.num_classes, "spatial_rank": len(m.img_size)}
+        loader, info = (
+            None,
+            {"channels": m.in_chans, "num_classes": m.num_classes, "spatial_rank": len(m.img_size)},
+        )
         data_line = f"data {cfg.data.dataset}: not prepared yet ({err})"
     spec = model_spec(cfg, info)
     model = liere.create_model(spec["name"], **spec["kwargs"])

@@ -15,7 +15,7 @@ def test_demo_config_resolves_with_overrides():
     assert cfg.train.zero_stage == 3 and cfg.model.encoding == "rope_mixed"
     assert cfg.tracking.experiment == "demo" and cfg.train.out_dir == "runs/demo/run"
     flat = flatten(cfg)
-    assert flat["model.img_size"] == "[16, 16]" and flat["optim.lr"] == "0.001"
+    assert flat["model.img_size"] == "[16, 16]" and flat["optim.lr"] == "0.002"
 
 
 @pytest.mark.parametrize(
