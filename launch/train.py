@@ -35,17 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from liere.engine.trainer import run
+    from pipelines.errors import DataError
 
-    if args.dry_run:
-        from pipelines.errors import DataError
-
-        try:
-            run(cfg, dry_run=True)
-        except (DataError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    run(cfg)
+    user_errors = (ConfigError, DataError, ValueError) if args.dry_run else (ConfigError, DataError)
+    try:
+        run(cfg, dry_run=args.dry_run)
+    except user_errors as err:  # what the config or the data got wrong: a message on every rank, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

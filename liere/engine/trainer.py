@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import liere
 from liere.engine import distributed, precision, quiet
 from liere.engine.checkpoint import Checkpointer
-from liere.engine.config import flatten
+from liere.engine.config import ConfigError, flatten
 from liere.engine.data import build_data, dataset_inputs, eval_loader, model_spec
 from liere.engine.evaluate import evaluate, size_name
 from liere.engine.final import final_evaluation, write_outputs
@@ -136,16 +136,7 @@ class Trainer:
         import deepspeed
 
         cfg, denv = self.cfg, self.denv
-        self.loader, self.info = build_data(cfg, denv)
-        self.spec = model_spec(cfg, self.info)
-        model = liere.create_model(self.spec["name"], **self.spec["kwargs"])
-        self.steps_per_epoch = len(self.loader) // cfg.train.grad_accum
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"data.batch_size={cfg.data.batch_size} x train.grad_accum={cfg.train.grad_accum} x "
-                f"{denv.world_size} ranks exceeds the {self.loader.num_samples_total} training samples: "
-                "not one step per epoch"
-            )
+        model = self._build_data_and_model()
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -170,6 +161,36 @@ class Trainer:
         self.penalty = SparsityPenalty(cfg, self.steps_per_epoch) if weight else None
         self.stop = StopSignal()
         return self
+
+    def _build_data_and_model(self):
+        """The loader and the model; what the config asks and the data or model cannot do is a
+        ConfigError naming the config (launch/train.py prints it and exits 2, no traceback)."""
+        cfg, m = self.cfg, self.cfg.model
+        try:
+            self.loader, self.info = build_data(cfg, self.denv)
+        except ValueError as err:
+            raise ConfigError(f"{cfg.config_path}: data.dataset={cfg.data.dataset!r}: {err}") from None
+        try:  # e.g. an img_size the patch does not divide, a block size the head dim does not
+            self.spec = model_spec(cfg, self.info)
+            model = liere.create_model(self.spec["name"], **self.spec["kwargs"])
+        except ValueError as err:
+            keys = {
+                "model.name": m.name,
+                "model.img_size": list(m.img_size),
+                "model.patch_size": None if m.patch_size is None else list(m.patch_size),
+                "model.encoding": m.encoding,
+                "model.encoding_options": OmegaConf.to_container(m.encoding_options),
+            }
+            given = ", ".join(f"{k}={v!r}" for k, v in keys.items())
+            raise ConfigError(f"{cfg.config_path}: the model cannot be built from {given}: {err}") from None
+        self.steps_per_epoch = len(self.loader) // cfg.train.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{cfg.config_path}: data.batch_size={cfg.data.batch_size} x train.grad_accum="
+                f"{cfg.train.grad_accum} x {self.denv.world_size} ranks exceeds the "
+                f"{self.loader.num_samples_total} training samples: not one step per epoch"
+            )
+        return model
 
     def _resume(self) -> Progress:
         tag = self.checkpointer.latest()

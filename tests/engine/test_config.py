@@ -1,5 +1,6 @@
 """Configs: schema + YAML + dotted overrides; bad ones fail fast and name the key."""
 
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,28 @@ def test_the_entry_point_fails_fast_before_any_work(tmp_path):
     assert "optim.lrr" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing was started"
     assert REPO.joinpath("configs", "demo.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model.img_size=[18,18]"], "img_size"),  # not a whole grid of 4 px patches: the model refuses it
+        (["model.encoding_options.block_size=5"], "block_size"),  # does not divide the head dim
+        (["data.dataset=cifar100", "data.root=empty"], "cifar100"),  # a data set never prepared
+    ],
+)
+def test_what_only_the_model_or_the_data_can_refuse_is_a_message_in_training_too(tmp_path, overrides, named):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
+    out = subprocess.run(
+        [sys.executable, str(TRAIN), str(DEMO), "data.root=data", "tracking.enabled=false", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert error and named in error[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
