@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-# MLflow 3's UI opens an experiment in its GenAI view (traces) unless this tag says model training
+# marks an experiment as model training (MLflow 3's experiment kinds; 3.17's UI still opens in the view
+# the browser used last, so run links add ?workflowType=machine_learning: docs/training.md)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 

@@ -108,7 +108,7 @@ class Parent:
     """The sweep's parent MLflow run (inactive when tracking is off or the server is unreachable)."""
 
     def __init__(self, cfg, out: Path, sweep: str, spec: SweepSpec) -> None:
-        from liere.engine.tracking import _reachable, resolve_uri
+        from liere.engine.tracking import EXPERIMENT_KIND, _reachable, resolve_uri
 
         self.client, self.run_id = None, None
         state = out / "sweep.json"
@@ -126,6 +126,8 @@ class Parent:
         self.client, self.uri = MlflowClient(uri), uri
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+        for key, value in EXPERIMENT_KIND.items():  # model training, not GenAI, in the MLflow UI
+            self.client.set_experiment_tag(exp_id, key, value)
         self.run_id = known.get("parent_run_id")
         if self.run_id:
             try:

@@ -61,6 +61,8 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
     parent_id = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and "top1/liere64" in parent.data.metrics
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
     )
