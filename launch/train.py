@@ -34,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from liere.engine.checkpoint import CheckpointError
     from liere.engine.trainer import run
     from pipelines.errors import DataError
 
-    user_errors = (ConfigError, DataError, ValueError) if args.dry_run else (ConfigError, DataError)
+    user_errors = (ConfigError, DataError, CheckpointError)
+    if args.dry_run:
+        user_errors += (ValueError,)
     try:
         run(cfg, dry_run=args.dry_run)
     except user_errors as err:  # what the config or the data got wrong: a message on every rank, exit 2

@@ -8,10 +8,12 @@ from the last complete checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,33 @@ def tag_step(tag: str) -> int:
     return int(tag.split("_")[1])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the folder or file."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
 class Checkpointer:
     """Saves every ``every`` optimizer steps, or at each epoch end when ``every`` is 0."""
 
     def __init__(self, out_dir: Path, rank: int, keep: int, every: int = 0) -> None:
         self.dir = Path(out_dir) / "checkpoints"
         self.rank, self.keep, self.every = rank, max(1, keep), every
+        self._verified: set[str] = set()  # tags whose files were checked against COMPLETE
 
     def after_step(self, engine, step: int, client_state: dict[str, Any]) -> None:
         if self.every and step % self.every == 0:
@@ -73,37 +96,101 @@ class Checkpointer:
         return None if tag is None else tag_step(tag)
 
     def latest(self) -> str | None:
-        """Tag of the newest complete checkpoint, or None."""
+        """Tag of the newest complete, undamaged checkpoint, or None when there is none yet.
+
+        ``latest`` names the newest; if a file of it is missing, of the wrong size or checksum, the
+        previous complete one is taken instead, with a warning naming the bad file."""
         pointer = self.dir / "latest"
         if not pointer.is_file():
             return None
-        tag = pointer.read_text().strip()
-        if not (self.dir / tag / "COMPLETE").is_file():
-            raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint in {self.dir}")
-        return tag
+        named = pointer.read_text().strip()
+        candidates = [named] + [t for t in self._complete_tags()[::-1] if t < named]
+        damaged = []
+        for tag in candidates:
+            problem = self._verify(tag)
+            if problem is None:
+                if damaged and self.rank == 0:
+                    print(f"[checkpoint] warning: {'; '.join(damaged)}; resuming from {tag}", file=sys.stderr)
+                return tag
+            damaged.append(problem)
+        raise CheckpointError(
+            f"no usable checkpoint in {self.dir}: {'; '.join(damaged)} (remove the folder to start over)"
+        )
+
+    def _complete_tags(self) -> list[str]:
+        return sorted(p.name for p in self.dir.glob("step_*") if (p / "COMPLETE").is_file())
+
+    def _verify(self, tag: str) -> str | None:
+        """None if every file ``COMPLETE`` lists has its recorded size and checksum, else what is wrong."""
+        if tag in self._verified:
+            return None
+        marker = self.dir / tag / "COMPLETE"
+        if not marker.is_file():
+            return f"{self.dir / tag} is not a complete checkpoint (no COMPLETE)"
+        files = json.loads(marker.read_text()).get("files", {})  # older checkpoints list none
+        for name, want in files.items():
+            path = self.dir / tag / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if path.stat().st_size != want["size"]:
+                return f"{path} has {path.stat().st_size} bytes, {want['size']} were written"
+            if _sha256(path) != want["sha256"]:
+                return f"{path} does not match its checksum"
+        self._verified.add(tag)
+        return None
 
     def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
-        """Every rank saves its part; after a barrier rank 0 marks it complete and moves ``latest``."""
+        """Every rank saves its part; after a barrier rank 0 records every file's size and checksum in
+        ``COMPLETE`` and moves ``latest``. A save that fails says why and removes its partial folder."""
         tag = step_tag(step)
+        self._check_space(tag)
         try:
             engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
             torch.save(rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
-        except OSError as err:
-            raise RuntimeError(
-                f"checkpoint {self.dir / tag} could not be written ({err}); the previous checkpoint "
-                f"({self.latest() or 'none'}) is intact and remains the one a restart resumes from"
+        except Exception as err:  # a full disk shows up as OSError or as torch's RuntimeError
+            shutil.rmtree(self.dir / tag, ignore_errors=True)
+            raise CheckpointError(
+                f"checkpoint {self.dir / tag} could not be written ({type(err).__name__}: {err}); "
+                f"{self._space_words()}; its partial folder was removed; {self._in_force()}"
             ) from err
         distributed.barrier()
         if self.rank == 0:
-            _atomic_write(self.dir / tag / "COMPLETE", json.dumps({"step": step}))
+            files = {
+                str(f.relative_to(self.dir / tag)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+                for f in sorted((self.dir / tag).rglob("*"))
+                if f.is_file()
+            }
+            _atomic_write(self.dir / tag / "COMPLETE", json.dumps({"step": step, "files": files}))
             _atomic_write(self.dir / "latest", tag)
+            self._verified.add(tag)
             self._prune(tag)
         distributed.barrier()
         return tag
 
+    def _check_space(self, tag: str) -> None:
+        """Refuse, before writing, a save that the last one's size says will not fit (ranks agree)."""
+        previous = self._complete_tags()
+        need = _folder_bytes(self.dir / previous[-1]) if previous else 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        short = shutil.disk_usage(self.dir).free < need
+        if distributed.any_rank(short, distributed.current_device()):
+            raise CheckpointError(
+                f"checkpoint {self.dir / tag} not written: the last one took {_gib(need)}, "
+                f"{self._space_words()}; {self._in_force()}"
+            )
+
+    def _space_words(self) -> str:
+        free = shutil.disk_usage(self.dir).free if self.dir.exists() else 0
+        return f"{_gib(free)} free on {self.dir}"
+
+    def _in_force(self) -> str:
+        tags = self._complete_tags()
+        if not tags:
+            return "there is no earlier checkpoint: a restart begins from step 0"
+        return f"{self.dir / tags[-1]} stays the one a restart resumes from"
+
     def _prune(self, newest: str) -> None:
-        tags = sorted(p.name for p in self.dir.glob("step_*") if (p / "COMPLETE").is_file())
-        for old in tags[: -self.keep]:
+        for old in self._complete_tags()[: -self.keep]:
             if old != newest:
                 shutil.rmtree(self.dir / old, ignore_errors=True)
 

@@ -93,6 +93,13 @@ def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.de
     return denv, device
 
 
+def current_device() -> torch.device:
+    """The device collectives run on in this process: its GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` holds on any rank (e.g. a signal that reached one rank)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
