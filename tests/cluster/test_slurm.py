@@ -100,13 +100,29 @@ def mlflow_client(tmp_path: Path):
     return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
 
+def _steps_left(job_id: str) -> bool:
+    """Whether a slurmstepd of the job ("slurmstepd: [J.batch]", "[J.0]") still runs on this machine."""
+    return subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
+
+
 def release(job_id: str, restarts: int = 1) -> dict[str, str]:
-    """A requeued job waits ~120 s (its BeginTime): start it now."""
+    """A requeued job waits ~120 s (its BeginTime): start it as soon as Slurm can.
+
+    Not sooner: while the previous run's steps are still ending on the nodes, and within the second
+    they ended in, slurmd refuses the new batch launch ("Job credential revoked": credentials are
+    compared in whole seconds) and the job ends FAILED with exit code 1 and no line in its log; a
+    loaded machine makes those steps end late. So: requeued, then no step left, then a second more.
+    """
 
     def requeued(info: dict[str, str]) -> bool:
         return info.get("JobState") == "PENDING" and info.get("Restarts") == str(restarts)
 
     info = wait_job(job_id, requeued, 90)
+    deadline = time.time() + 120
+    while _steps_left(job_id):
+        assert time.time() < deadline, f"job {job_id}: the steps of its previous run did not end in 120 s"
+        time.sleep(0.2)
+    time.sleep(1.5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     return info
 
