@@ -78,9 +78,12 @@ def _gib(n: int) -> str:
 class Checkpointer:
     """Saves every ``every`` optimizer steps, or at each epoch end when ``every`` is 0."""
 
-    def __init__(self, out_dir: Path, rank: int, keep: int, every: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, rank: int, keep: int, every: int = 0, *, device: torch.device | None = None
+    ) -> None:
         self.dir = Path(out_dir) / "checkpoints"
         self.rank, self.keep, self.every = rank, max(1, keep), every
+        self.device = device or torch.device("cpu")  # where the ranks' collectives run
         self._verified: set[str] = set()  # tags whose files were checked against COMPLETE
 
     def after_step(self, engine, step: int, client_state: dict[str, Any]) -> None:
@@ -173,7 +176,7 @@ class Checkpointer:
         need = _folder_bytes(self.dir / previous[-1]) if previous else 0
         self.dir.mkdir(parents=True, exist_ok=True)
         short = shutil.disk_usage(self.dir).free < need
-        if distributed.any_rank(short, distributed.current_device()):
+        if distributed.any_rank(short, self.device):
             raise CheckpointError(
                 f"checkpoint {self.dir / tag} not written: the last one took {_gib(need)}, "
                 f"{self._space_words()}; {self._in_force()}"

@@ -93,11 +93,10 @@ def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.de
     return denv, device
 
 
-def current_device() -> torch.device:
-    """The device collectives run on in this process: its GPU under NCCL, else the CPU."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def log0(denv: DistEnv, *msg: object) -> None:
+    """Print on rank 0 only."""
+    if denv.is_main:
+        print(*msg, flush=True)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -11,6 +11,7 @@ import torch
 import liere
 from liere.engine.canvas import place_on_canvas
 from liere.engine.checkpoint import export_checkpoint
+from liere.engine.distributed import log0
 from liere.engine.evaluate import (
     evaluate,
     per_axis_sizes,
@@ -53,11 +54,11 @@ def final_evaluation(trainer) -> dict[str, Any]:
         if kind == "shuffled":
             out["shuffled"] = result
             trainer.tracker.log_metrics({"val/top1 shuffled": result["top1"]}, step)
-            _say(denv, f"eval with shuffled patches: top-1 {100 * result['top1']:.2f}%")
+            log0(denv, f"eval with shuffled patches: top-1 {100 * result['top1']:.2f}%")
         else:
             out.setdefault("canvas", []).append({"size": size, **result})
             trainer.tracker.log_metrics({f"val/top1 canvas {size_name(size)}": result["top1"]}, step)
-            _say(
+            log0(
                 denv,
                 f"eval on a {size_name(size)} canvas (training scale): top-1 {100 * result['top1']:.2f}%",
             )
@@ -129,8 +130,3 @@ def plain_summary(cfg, summary: dict[str, Any]) -> str:
             "where each patch is; a model that ignores position would not drop)."
         )
     return "\n".join(lines)
-
-
-def _say(denv, msg: str) -> None:
-    if denv.is_main:
-        print(msg, flush=True)

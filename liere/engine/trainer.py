@@ -25,6 +25,7 @@ from liere.engine import distributed, precision, quiet
 from liere.engine.checkpoint import Checkpointer
 from liere.engine.config import ConfigError, flatten
 from liere.engine.data import build_data, dataset_inputs, eval_loader, model_spec
+from liere.engine.distributed import log0
 from liere.engine.evaluate import evaluate, size_name
 from liere.engine.final import final_evaluation, write_outputs
 from liere.engine.metrics import TrainMetrics
@@ -73,11 +74,6 @@ class StopSignal:
         """After the checkpoint: a later signal (Slurm stopping the other ranks) must not kill the exit."""
         for sig in cls.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-
-
-def log0(denv, *msg: Any) -> None:
-    if denv.is_main:
-        print(*msg, flush=True)
 
 
 def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
@@ -149,7 +145,11 @@ class Trainer:
         )  # fmt: skip
         torch.manual_seed(cfg.train.seed * 1000 + denv.rank)  # per-rank stochastic depth and dropout
         self.checkpointer = Checkpointer(
-            self.out_dir, denv.rank, cfg.train.keep_checkpoints, cfg.train.checkpoint_every
+            self.out_dir,
+            denv.rank,
+            cfg.train.keep_checkpoints,
+            cfg.train.checkpoint_every,
+            device=self.device,
         )
         self.progress = self._resume()
         self.tracker = self._start_tracking(model)
@@ -211,11 +211,11 @@ class Trainer:
             run_id=self.progress.mlflow_run_id, system_metrics=t.system_metrics, parent_run_id=t.parent_run_id,
         )  # fmt: skip
         n_params = sum(p.numel() for p in model.parameters())
-        flops = liere.count_flops(model)["total"]
         if denv.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
             if self.progress.mlflow_run_id is None:  # a resumed run keeps the params it started with
+                flops = liere.count_flops(model)["total"]
                 tracker.log_params(flatten(cfg))
                 tracker.log_params({
                     "train.precision_requested": self.precision.requested,
@@ -268,15 +268,15 @@ class Trainer:
         if p.loader.get("epoch") == p.epoch:
             loader.load_state_dict(p.loader)  # resume inside this epoch
         self.engine.train()
-        wait_start = _now()
+        wait_start = time.perf_counter()
         for micro, batch in enumerate(loader, start=1):
-            self.metrics.waited(_now() - wait_start)
+            self.metrics.waited(time.perf_counter() - wait_start)
             self.train_step(batch)
             if micro % self.cfg.train.grad_accum == 0:  # an optimizer step happened
                 outcome = self.after_optimizer_step()
                 if outcome:
                     return outcome
-            wait_start = _now()
+            wait_start = time.perf_counter()
         return "epoch_end"
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> None:
@@ -363,10 +363,6 @@ class Trainer:
             summary.update(write_outputs(self, tag, summary))
         distributed.barrier()
         return summary
-
-
-def _now() -> float:
-    return time.perf_counter()
 
 
 def _dry_run(cfg: DictConfig, denv) -> dict[str, Any]:
