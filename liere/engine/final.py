@@ -91,10 +91,13 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
     print("\n" + table.read_text(), flush=True)
     print(f"weights: {weights}  (liere.load_model(path) rebuilds the model without DeepSpeed)")
     print(
-        f"MLflow run {tracker.run_id} at {tracker.uri}"
+        f"MLflow run {tracker.run_id or '(started offline)'} at {tracker.uri}"
         + ("" if tracker.online else f" (offline: kept in {tracker.offline_dir})"),
         flush=True,
     )
+    replay = tracker.replay_hint()  # something is kept offline: the command that uploads it
+    if replay:
+        print(f"once the server is back, upload what is kept offline into the same run: {replay}", flush=True)
     print("\n" + plain_summary(cfg, {**summary, **extra}), flush=True)
     page = tracker.run_page()
     if page and not page.startswith("http"):
