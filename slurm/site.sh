@@ -47,6 +47,31 @@ if [[ -z ${MLFLOW_TRACKING_URI:-} ]]; then
 fi
 export MLFLOW_TRACKING_URI
 export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
+# That server asks for a user and password (MLflow's basic-auth app): slurm/mlflow_server.sh keeps them
+# in MLFLOW_CREDENTIALS (default runs/mlflow_credentials, mode 0600, yours alone) with the address it
+# serves at; the jobs get them as MLFLOW_TRACKING_USERNAME/PASSWORD when they track to that address
+# (never handed to another server). Set both variables yourself to use another account.
+MLFLOW_CREDENTIALS=${MLFLOW_CREDENTIALS:-$LIERE_ROOT/runs/mlflow_credentials}
+# liere_mlflow_credentials FILE: the KEY=VALUE lines of a credentials file as mlflow_user,
+# mlflow_password, mlflow_uri (read, never sourced: the file holds no code)
+liere_mlflow_credentials() {
+    local key value
+    mlflow_user="" mlflow_password="" mlflow_uri=""
+    while IFS='=' read -r key value; do
+        case $key in
+            MLFLOW_TRACKING_USERNAME) mlflow_user=$value ;;
+            MLFLOW_TRACKING_PASSWORD) mlflow_password=$value ;;
+            MLFLOW_TRACKING_URI) mlflow_uri=$value ;;
+        esac
+    done <"$1"
+}
+if [[ -z ${MLFLOW_TRACKING_PASSWORD:-} && -r $MLFLOW_CREDENTIALS ]]; then
+    liere_mlflow_credentials "$MLFLOW_CREDENTIALS"
+    if [[ -n $mlflow_password && $mlflow_uri == "$MLFLOW_TRACKING_URI" ]]; then
+        export MLFLOW_TRACKING_USERNAME=$mlflow_user MLFLOW_TRACKING_PASSWORD=$mlflow_password
+    fi
+    unset mlflow_user mlflow_password mlflow_uri
+fi
 
 # --- logs -------------------------------------------------------------------------------------
 # Where the ranks' output goes. "job": each node's slurmstepd appends it straight to the job's own

@@ -348,8 +348,9 @@ def test_prepare_data_array_prepares_one_split_per_task(slurm_cluster, tmp_path)
         assert manifest["num_samples"] > 0
 
 
-def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, tmp_path):
+def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, tmp_path, monkeypatch):
     import socket
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
@@ -362,6 +363,7 @@ def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, 
         "MLFLOW_STORE": str(tmp_path / "store"),
         "MLFLOW_URI_FILE": str(uri_file),
         "MLFLOW_WORKERS": "1",
+        "MLFLOW_CREDENTIALS": str(tmp_path / "credentials"),  # made by the job (authentication is on)
     }
     proc, job_id = sbatch(["--cpus-per-task=1", f"--output={log}", "slurm/mlflow_server.sh"], env)
     assert proc.returncode == 0, proc.stderr
@@ -377,6 +379,13 @@ def test_mlflow_server_job_serves_runs_and_publishes_its_address(slurm_cluster, 
             assert r.status == 200
         from mlflow.tracking import MlflowClient
 
+        assert f"password in {tmp_path / 'credentials'}" in log.read_text()
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no credentials, no runs
+            urllib.request.urlopen(uri + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert refused.value.code == 401
+        creds = dict(line.split("=", 1) for line in (tmp_path / "credentials").read_text().splitlines())
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(key, creds[key])
         client = MlflowClient(uri)
         run = client.create_run(client.create_experiment("cluster-test"))
         client.log_metric(run.info.run_id, "x", 1.0, step=3)
