@@ -80,7 +80,7 @@ basic_auth() {
         log "new credentials for the MLflow server (user admin, a random password) in $creds"
     fi
     [[ -O $creds ]] || die "$creds is not yours, and it holds the server's password"
-    [[ $(stat -c %a "$creds") == 600 ]] || die "$creds can be read by others: chmod 600 $creds"
+    [[ $(stat -c %a "$creds") =~ ^[46]00$ ]] || die "$creds can be read by others: chmod 600 $creds"
     liere_mlflow_credentials "$creds"  # slurm/site.sh: mlflow_user, mlflow_password
     [[ -n $mlflow_user && -n $mlflow_password ]] ||
         die "$creds lacks MLFLOW_TRACKING_USERNAME or MLFLOW_TRACKING_PASSWORD"

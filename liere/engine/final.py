@@ -97,7 +97,8 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
     )
     replay = tracker.replay_hint()  # something is kept offline: the command that uploads it
     if replay:
-        print(f"once the server is back, upload what is kept offline into the same run: {replay}", flush=True)
+        into = f"into run {tracker.run_id}" if tracker.run_id else "as a new run (it started offline)"
+        print(f"once the server is back, upload what is kept offline {into}: {replay}", flush=True)
     print("\n" + plain_summary(cfg, {**summary, **extra}), flush=True)
     page = tracker.run_page()
     if page and not page.startswith("http"):

@@ -335,7 +335,7 @@ class Tracker:
         said = "recorded on the server" if recorded else f"kept in {self.offline_dir / RUN_INFO}"
         hint = "" if self._told_replay else f"; to upload what is kept offline: {self.replay_hint()}"
         print(
-            f"[tracking] MLflow run {self.run_id or '(offline)'} ended {status}, {said}{hint}",
+            f"[tracking] MLflow run {self.run_id or '(started offline)'} ended {status}, {said}{hint}",
             file=sys.stderr,
         )
         return recorded
