@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from liere.engine import distributed
 
@@ -59,6 +60,47 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message names the folder or file."""
 
 
+# What the pickles of a checkpoint may name besides tensors and containers: DeepSpeed's optimizer
+# records and NumPy's RNG state. DeepSpeed itself loads with weights_only=False (its checkpoint engine
+# and zero_to_fp32 hard-code it), so every file is scanned first and one naming anything else is
+# refused before any of it is unpickled: a checkpoint folder from elsewhere cannot run code.
+SAFE_GLOBALS = {
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+}
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The globals a pickle in ``path`` would import that are neither torch's weights-only set nor
+    ``SAFE_GLOBALS`` (read from its opcodes, nothing unpickled)."""
+    found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    return [g for g in found if g not in SAFE_GLOBALS and not g.startswith("numpy.dtypes.")]
+
+
+def check_pickles(folder: Path) -> str | None:
+    """None when every ``*.pt`` of ``folder`` is safe to load, else which file names what."""
+    for path in sorted(Path(folder).rglob("*.pt")):
+        try:
+            bad = unsafe_globals(path)
+        except Exception as err:  # not a readable pickle at all
+            return f"{path} cannot be read ({type(err).__name__}: {err})"
+        if bad:
+            return f"{path} would import {', '.join(bad)} when loaded (refused: it could run code)"
+    return None
+
+
+def _load_rng(path: Path) -> dict[str, Any]:
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, weights_only=True)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -79,11 +121,20 @@ class Checkpointer:
     """Saves every ``every`` optimizer steps, or at each epoch end when ``every`` is 0."""
 
     def __init__(
-        self, out_dir: Path, rank: int, keep: int, every: int = 0, *, device: torch.device | None = None
+        self,
+        out_dir: Path,
+        rank: int,
+        keep: int,
+        every: int = 0,
+        *,
+        device: torch.device | None = None,
+        layout: dict[str, int] | None = None,
     ) -> None:
         self.dir = Path(out_dir) / "checkpoints"
         self.rank, self.keep, self.every = rank, max(1, keep), every
         self.device = device or torch.device("cpu")  # where the ranks' collectives run
+        # world_size, zero_stage, micro_batch, grad_accum: recorded in COMPLETE for a resume elsewhere
+        self.layout = dict(layout or {})
         self._verified: set[str] = set()  # tags whose files were checked against COMPLETE
 
     def after_step(self, engine, step: int, client_state: dict[str, Any]) -> None:
@@ -102,7 +153,25 @@ class Checkpointer:
         """Tag of the newest complete, undamaged checkpoint, or None when there is none yet.
 
         ``latest`` names the newest; if a file of it is missing, of the wrong size or checksum, the
-        previous complete one is taken instead, with a warning naming the bad file."""
+        previous complete one is taken instead, with a warning naming the bad file. Rank 0 reads and
+        checks the files, the other ranks take its answer (one read of a shared file system, not N)."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return self._find_latest()
+        answer: list[Any] = [None]
+        if self.rank == 0:
+            try:
+                answer[0] = ("tag", self._find_latest())
+            except CheckpointError as err:
+                answer[0] = ("error", str(err))
+        dist.broadcast_object_list(answer, src=0)
+        kind, value = answer[0]
+        if kind == "error":
+            raise CheckpointError(value)
+        if value is not None:
+            self._verified.add(value)
+        return value
+
+    def _find_latest(self) -> str | None:
         pointer = self.dir / "latest"
         if not pointer.is_file():
             return None
@@ -119,6 +188,10 @@ class Checkpointer:
         raise CheckpointError(
             f"no usable checkpoint in {self.dir}: {'; '.join(damaged)} (remove the folder to start over)"
         )
+
+    def meta(self, tag: str) -> dict[str, Any]:
+        """The ``COMPLETE`` record of ``tag``: step, files and the layout that wrote it."""
+        return json.loads((self.dir / tag / "COMPLETE").read_text())
 
     def _complete_tags(self) -> list[str]:
         return sorted(p.name for p in self.dir.glob("step_*") if (p / "COMPLETE").is_file())
@@ -139,6 +212,9 @@ class Checkpointer:
                 return f"{path} has {path.stat().st_size} bytes, {want['size']} were written"
             if _sha256(path) != want["sha256"]:
                 return f"{path} does not match its checksum"
+        unsafe = check_pickles(self.dir / tag)
+        if unsafe:
+            return unsafe
         self._verified.add(tag)
         return None
 
@@ -163,7 +239,8 @@ class Checkpointer:
                 for f in sorted((self.dir / tag).rglob("*"))
                 if f.is_file()
             }
-            _atomic_write(self.dir / tag / "COMPLETE", json.dumps({"step": step, "files": files}))
+            record = {"step": step, **self.layout, "files": files}
+            _atomic_write(self.dir / tag / "COMPLETE", json.dumps(record))
             _atomic_write(self.dir / "latest", tag)
             self._verified.add(tag)
             self._prune(tag)
@@ -173,7 +250,7 @@ class Checkpointer:
     def _check_space(self, tag: str) -> None:
         """Refuse, before writing, a save that the last one's size says will not fit (ranks agree)."""
         previous = self._complete_tags()
-        need = _folder_bytes(self.dir / previous[-1]) if previous else 0
+        need = self._bytes(previous[-1]) if previous else 0
         self.dir.mkdir(parents=True, exist_ok=True)
         short = shutil.disk_usage(self.dir).free < need
         if distributed.any_rank(short, self.device):
@@ -181,6 +258,11 @@ class Checkpointer:
                 f"checkpoint {self.dir / tag} not written: the last one took {_gib(need)}, "
                 f"{self._space_words()}; {self._in_force()}"
             )
+
+    def _bytes(self, tag: str) -> int:
+        """The size of checkpoint ``tag`` as its ``COMPLETE`` recorded it (else as found on disk)."""
+        files = self.meta(tag).get("files")
+        return sum(f["size"] for f in files.values()) if files else _folder_bytes(self.dir / tag)
 
     def _space_words(self) -> str:
         free = shutil.disk_usage(self.dir).free if self.dir.exists() else 0
@@ -196,17 +278,25 @@ class Checkpointer:
         for old in self._complete_tags()[: -self.keep]:
             if old != newest:
                 shutil.rmtree(self.dir / old, ignore_errors=True)
+                shutil.rmtree(self.dir / "universal" / old, ignore_errors=True)
 
-    def load(self, engine, tag: str) -> dict[str, Any]:
-        """Restore model, optimizer, schedule and this rank's RNG; returns the client state."""
+    def load(self, engine, tag: str, folder: Path | None = None) -> dict[str, Any]:
+        """Restore model, optimizer, schedule and this rank's RNG; returns the client state.
+
+        ``folder``: where DeepSpeed reads the tag's state from (its universal form on another world
+        size; a rank the checkpoint did not have keeps its fresh RNG)."""
+        folder = Path(folder) if folder is not None else self.dir / tag
+        unsafe = check_pickles(folder)
+        if unsafe:
+            raise CheckpointError(unsafe)
         _, client_state = engine.load_checkpoint(
-            str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if client_state is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.dir / tag}")
+            raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
         rng_file = self.dir / tag / f"rng_rank{self.rank}.pt"
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(_load_rng(rng_file))
         return client_state
 
 
@@ -215,7 +305,10 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str) -> dict[str, torch.T
     files = sorted((Path(checkpoint_dir) / tag).glob("*mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{Path(checkpoint_dir) / tag}: no DeepSpeed model states")
-    states = torch.load(files[0], map_location="cpu", weights_only=False)
+    unsafe = check_pickles(Path(checkpoint_dir) / tag)
+    if unsafe:
+        raise CheckpointError(unsafe)
+    states = torch.load(files[0], map_location="cpu", weights_only=True)
     if states.get("param_shapes") is not None:  # ZeRO 1-3: fp32 partitions in the optimizer shards
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

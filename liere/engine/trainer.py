@@ -8,6 +8,8 @@ and progress bar (``metrics.py``), MLflow (``tracking.py``), the final export (`
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 import sys
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 import liere
-from liere.engine import distributed, precision, quiet
+from liere.engine import distributed, precision, quiet, reshard
 from liere.engine.checkpoint import Checkpointer
 from liere.engine.config import ConfigError, flatten
 from liere.engine.data import build_data, dataset_inputs, eval_loader, model_spec
@@ -64,6 +66,9 @@ class StopSignal:
             os.register_at_fork(
                 after_in_child=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, StopSignal.SIGNALS)
             )
+            # ...which also makes them deaf to multiprocessing's SIGTERM at exit, whose join() would then
+            # hold a failed rank forever (and its peers in their collectives): the rank kills them first.
+            atexit.register(end_workers)
             StopSignal._fork_hook = True
 
     def _handle(self, signum, frame) -> None:
@@ -74,6 +79,13 @@ class StopSignal:
         """After the checkpoint: a later signal (Slurm stopping the other ranks) must not kill the exit."""
         for sig in cls.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+
+
+def end_workers(timeout_s: float = 5.0) -> None:
+    """Kill the loader workers still alive (SIGKILL: they block SIGTERM) so the rank can exit."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout_s)
 
 
 def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
@@ -132,25 +144,29 @@ class Trainer:
         import deepspeed
 
         cfg, denv = self.cfg, self.denv
+        t = cfg.train
+        self.checkpointer = Checkpointer(
+            self.out_dir, denv.rank, t.keep_checkpoints, t.checkpoint_every, device=self.device
+        )
+        self.plan = self._plan_resume()  # before the data: another world size changes train.grad_accum
         model = self._build_data_and_model()
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        if cfg.train.max_steps:
-            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.total_steps = t.epochs * self.steps_per_epoch
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
         optimizer = build_optimizer(model, cfg.optim)
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps, warmup)
+        ds_config = deepspeed_config(cfg, denv.world_size)
+        if self.plan.universal:
+            ds_config["checkpoint"] = {"load_universal": True}
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, denv.world_size),
-        )  # fmt: skip
-        torch.manual_seed(cfg.train.seed * 1000 + denv.rank)  # per-rank stochastic depth and dropout
-        self.checkpointer = Checkpointer(
-            self.out_dir,
-            denv.rank,
-            cfg.train.keep_checkpoints,
-            cfg.train.checkpoint_every,
-            device=self.device,
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
+        torch.manual_seed(t.seed * 1000 + denv.rank)  # per-rank stochastic depth and dropout
+        self.checkpointer.layout = {
+            "world_size": denv.world_size, "zero_stage": t.zero_stage,
+            "micro_batch": cfg.data.batch_size, "grad_accum": t.grad_accum,
+        }  # fmt: skip
         self.progress = self._resume()
         self.tracker = self._start_tracking(model)
         self.metrics = TrainMetrics(
@@ -192,14 +208,35 @@ class Trainer:
             )
         return model
 
-    def _resume(self) -> Progress:
+    def _plan_resume(self) -> reshard.ResumePlan:
+        """Which checkpoint to resume and how; on another world size, the accumulation that keeps the
+        checkpoint's global batch replaces ``train.grad_accum``."""
         tag = self.checkpointer.latest()
+        meta = self.checkpointer.meta(tag) if tag else {}
+        plan = reshard.plan(self.cfg, self.denv.world_size, self.checkpointer.dir, tag, meta)
+        if plan.grad_accum is not None:
+            self.cfg.train.grad_accum = plan.grad_accum
+        return plan
+
+    def _resume(self) -> Progress:
+        tag, ckpt = self.plan.tag, self.checkpointer
         if not tag:
             return Progress()
-        progress = Progress(**self.checkpointer.load(self.engine, tag)["progress"])
+        folder = None
+        if self.plan.universal:
+            folder = reshard.convert(
+                ckpt.dir, tag, self.denv.rank, self.device, self.cfg.train.dist_timeout_s
+            )
+        progress = Progress(**ckpt.load(self.engine, tag, folder)["progress"])
+        if folder is not None:
+            reshard.restore_group_settings(self.engine, folder)  # (scanned by ckpt.load: safe to read)
+        progress.loader = reshard.loader_state(
+            progress.loader, self.denv.world_size, self.cfg.data.batch_size
+        )
         log0(
             self.denv,
-            f"resumed from {self.checkpointer.dir / tag}: step {progress.step}, epoch {progress.epoch}",
+            f"resumed from {ckpt.dir / tag}: step {progress.step}, epoch {progress.epoch}"
+            + self.plan.describe(self.denv.world_size),
         )
         return progress
 
@@ -234,7 +271,7 @@ class Trainer:
             f"{self.spec['name']} ({cfg.model.encoding}): {n_params / 1e6:.2f} M params | {denv.world_size} "
             f"rank(s) on {self.device.type} | ZeRO-{cfg.train.zero_stage} {cfg.train.precision} | "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch) | out {self.out_dir} | "
-            f"MLflow run {tracker.run_id}",
+            f"MLflow run {tracker.run_id or '(offline)'}",
         )
         return tracker
 
@@ -258,7 +295,7 @@ class Trainer:
             return summary
         except BaseException as err:
             if not isinstance(err, SystemExit):
-                self.tracker.finish("FAILED")
+                self.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
 
     def train_epoch(self) -> str:

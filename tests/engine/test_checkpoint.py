@@ -8,39 +8,46 @@ one where this runs as root (a 2 MiB tmpfs), else the test skips.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
-from liere.engine.checkpoint import Checkpointer, CheckpointError, step_tag
+from liere.engine.checkpoint import Checkpointer, CheckpointError, _sha256, consolidated_state_dict, step_tag
 
 
 class FileEngine:
-    """Writes ``size`` bytes per save, like a model-states file; ``fail`` raises after writing half."""
+    """Writes a real torch file of about ``size`` bytes per save, like a model-states file; ``fail``
+    raises after writing half of it."""
 
     def __init__(self, size: int = 4096, fail: Exception | None = None) -> None:
-        self.size, self.fail = size, fail
+        self.fail = fail
+        buffer = io.BytesIO()
+        torch.save({"module": torch.randint(0, 255, (max(1, size - 1200),), dtype=torch.uint8)}, buffer)
+        self.payload = buffer.getvalue()
 
     def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
         folder = Path(save_dir) / tag
         folder.mkdir(parents=True, exist_ok=True)
+        half = len(self.payload) // 2
         with open(folder / "mp_rank_00_model_states.pt", "wb") as f:
-            f.write(os.urandom(self.size // 2))
+            f.write(self.payload[:half])
             if self.fail:
                 raise self.fail
-            f.write(os.urandom(self.size - self.size // 2))
+            f.write(self.payload[half:])
 
 
 def test_complete_records_every_files_size_and_checksum(tmp_path):
-    ckpt = Checkpointer(tmp_path, rank=0, keep=2)
-    tag = ckpt.save(FileEngine(), 10, {"progress": {}})
+    ckpt, engine = Checkpointer(tmp_path, rank=0, keep=2), FileEngine()
+    tag = ckpt.save(engine, 10, {"progress": {}})
     record = json.loads((ckpt.dir / tag / "COMPLETE").read_text())
     assert record["step"] == 10
     assert set(record["files"]) == {"mp_rank_00_model_states.pt", "rng_rank0.pt"}
-    assert record["files"]["mp_rank_00_model_states.pt"]["size"] == 4096
+    assert record["files"]["mp_rank_00_model_states.pt"]["size"] == len(engine.payload)
     assert all(len(f["sha256"]) == 64 for f in record["files"].values())
 
 
@@ -109,3 +116,31 @@ def test_a_full_disk_is_refused_before_writing_or_named_when_it_fills(small_disk
         ckpt.save(FileEngine(size=800_000), 40, {})
     assert f"{ckpt.dir / step_tag(30)} stays the one" in str(refused.value)
     assert ckpt.latest() == step_tag(30)
+
+
+class RunsCode:
+    """What a hostile checkpoint pickles: loading it would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_before_loading(tmp_path):
+    ckpt = Checkpointer(tmp_path, rank=0, keep=2)
+    tag = ckpt.save(FileEngine(), 10, {})
+    marker = tmp_path / "ran"
+    bad = ckpt.dir / tag / "mp_rank_00_model_states.pt"
+    torch.save({"module": {}, "hook": RunsCode(marker)}, bad)
+    record = json.loads((ckpt.dir / tag / "COMPLETE").read_text())  # checksums that match: sent as is
+    record["files"][bad.name] = {"size": bad.stat().st_size, "sha256": _sha256(bad)}
+    (ckpt.dir / tag / "COMPLETE").write_text(json.dumps(record))
+    with pytest.raises(
+        CheckpointError, match=r"mp_rank_00_model_states\.pt would import .*system.*could run code"
+    ):
+        Checkpointer(tmp_path, rank=0, keep=2).latest()
+    with pytest.raises(CheckpointError, match="could run code"):
+        consolidated_state_dict(ckpt.dir, tag)
+    assert not marker.exists()
