@@ -101,6 +101,7 @@ def _row(
         "files": len(shards) if shards is not None else 1,
         "bytes": sum(s["filesize"] for s in shards) if shards is not None else written["filesize"],
         "skipped": skipped,
+        "repaired": int(written.get("num_repaired", 0)),
         "seconds": seconds,
         "path": str(path),
     }
@@ -200,17 +201,21 @@ def _prepare_split(
         )
         info, seconds = _run_writer(write, manifest["num_samples"], f"{name}/{split} ffcv", progress)
         rows.append(_row(split, "ffcv", info, skipped=skipped, seconds=seconds, path=beton))
+        rows[-1]["repaired"] = rows[0]["repaired"]  # the .beton holds the webdataset split's samples
     return rows
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of prepare()'s rows."""
-    head = f"{'split':<8} {'format':<11} {'samples':>9} {'files':>6} {'MB':>9} {'skipped':>8} {'seconds':>8}  path"
+    head = (
+        f"{'split':<8} {'format':<11} {'samples':>9} {'files':>6} {'MB':>9} {'skipped':>8} {'repaired':>8} "
+        f"{'seconds':>8}  path"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['split']:<8} {r['format']:<11} {r['samples']:>9} {r['files']:>6} {r['bytes'] / 1e6:>9.2f} "
-            f"{r['skipped']:>8} {r['seconds']:>8.2f}  {r['path']}"
+            f"{r['skipped']:>8} {r.get('repaired', 0):>8} {r['seconds']:>8.2f}  {r['path']}"
         )
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipelines import transforms as T
+from pipelines.loaders.bad_samples import DEFAULT_MAX_BAD_SAMPLES, BadSamplePolicy
 from pipelines.randaugment import parse_randaugment
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class Loader:
     `index` int64 (B,) the sample's index in the source split (identical across backends). In training
     with mixup, cutmix or label_smoothing, the batch also holds `target`, float32 (B, num_classes) soft
     labels (`label` stays the unmixed class).
+
+    Bad samples (unreadable, failing their checksum, undecodable) follow `bad_samples` ("raise" or "skip",
+    loaders/bad_samples.py); `loader.bad_samples` is the number replaced so far on this rank (int, cumulative
+    over epochs, workers' replacements included, kept in state_dict across a resume).
     """
 
     backend = ""
@@ -76,6 +81,8 @@ class Loader:
         workers: int | None = None,
         randaugment: list[int] | tuple[int, int] | None = None,
         flip: bool = True,
+        bad_samples: str = "raise",
+        max_bad_samples: int = DEFAULT_MAX_BAD_SAMPLES,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -109,6 +116,17 @@ class Loader:
         self._skip = 0  # batches to skip at the start of the next iteration (resume)
         self._consumed = 0
         self._positions_cache: tuple[int, np.ndarray] | None = None
+        where = f"{info.get('name')}/{info.get('split')} ({self.backend}, rank {rank})"
+        self.bad_policy = BadSamplePolicy(bad_samples, max_bad_samples, where)
+
+    @property
+    def bad_samples(self) -> int:
+        """Bad samples replaced so far on this rank (policy "skip"; always 0 under "raise")."""
+        return self.bad_policy.count
+
+    @property
+    def bad_sample_policy(self) -> str:
+        return self.bad_policy.policy
 
     def _randaugment(self, randaugment: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:
         """(num_ops, magnitude) in training, None in evaluation (which never augments); a ValueError for a
@@ -168,6 +186,7 @@ class Loader:
             "seed": self.seed,
             "world_size": self.world_size,
             "batch_size": self.batch_size,
+            "bad_samples": self.bad_samples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,6 +199,7 @@ class Loader:
         self.epoch = int(state["epoch"])
         self._skip = int(state["batches"])
         self._consumed = self._skip
+        self.bad_policy.count = int(state.get("bad_samples", 0))
 
     # ---- iteration -------------------------------------------------------------------------------
     def _batches(self) -> list[np.ndarray]:

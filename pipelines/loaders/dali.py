@@ -7,10 +7,14 @@ decoder and every later op runs on the GPU; without one (or with device="cpu") e
 the CPU (`device_id=None`).
 RandAugment (2D training) is DALI's own `auto_aug.rand_augment` suite, set to randaugment.py's ranges; it
 needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then.
+Samples are read (their checksums verified) in Python before they are fed, under the loader's bad-sample policy;
+a sample DALI's decoder refuses (possible only in shards without checksums) is found by decoding the batch
+with PIL and named in a BadSampleError; "skip" cannot replace it inside DALI's pipeline, so it ends the epoch.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.errors import BadSampleError, DataError
 from pipelines.loaders.common import Loader
 from pipelines.shards import ShardReader, decode_npy
 
@@ -216,15 +221,48 @@ class DALILoader(Loader):
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream() if self.gpu else None)
         return out
 
-    def _feed(self, batch: np.ndarray) -> None:
-        """Hand one batch of encoded samples to the pipeline and schedule its run (DALI works on it in the
-        background while earlier batches are consumed)."""
+    def _read(self, pos: int) -> tuple[np.ndarray, int, int, int]:
+        """Sample `pos` as DALI's input (JPEG bytes or the decoded npy array), label, index and `pos`; its
+        checksum verified."""
+        data, label, index = self.reader.read(pos)
         if self.info["kind"] == "image":
-            data = [np.frombuffer(self.reader.payload(int(p)), dtype=np.uint8) for p in batch]
-        else:
-            data = [decode_npy(self.reader.payload(int(p))) for p in batch]
-        self._pipe.feed_input("data", data)
+            return np.frombuffer(data, dtype=np.uint8), label, index, pos
+        try:
+            return decode_npy(data), label, index, pos
+        except Exception as exc:
+            raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
+
+    def _feed(self, batch: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Hand one batch of encoded samples to the pipeline and schedule its run (DALI works on it in the
+        background while earlier batches are consumed); returns the positions fed, labels and indices (those of
+        the replacements where the policy replaced bad samples)."""
+        samples = [self.bad_policy.read(self._read, int(p), self.reader.neighbours) for p in batch]
+        self._pipe.feed_input("data", [s[0] for s in samples])
         self._pipe.schedule_run()
+        labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        fed = np.array([s[3] for s in samples], dtype=np.int64)
+        return fed, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
+
+    def _outputs(self, batch: np.ndarray):
+        """The pipeline's output for `batch`; a decoder failure names the sample (found by decoding with PIL)."""
+        try:
+            return self._pipe.outputs()
+        except RuntimeError as exc:
+            self._pipe = None  # rebuilt by the next iteration
+            for p in batch if self.info["kind"] == "image" else ():
+                try:
+                    from PIL import Image
+
+                    Image.open(io.BytesIO(self.reader.read(int(p))[0])).load()
+                except BadSampleError as bad:
+                    raise bad from exc
+                except Exception as err:
+                    raise self.reader.bad(
+                        int(p), f"DALI cannot decode it ({type(err).__name__}: {err})"
+                    ) from exc
+            raise DataError(
+                f"{self.reader.split_dir}: DALI failed on a batch of {len(batch)} samples: {exc}"
+            ) from exc
 
     def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
         if not batches:
@@ -232,30 +270,23 @@ class DALILoader(Loader):
         if self._pipe is None:
             self._pipe = self._build()
         image = self.info["kind"] == "image"
-        pending: deque[np.ndarray] = deque()
+        pending: deque[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = deque()
         todo = iter(batches)
         try:
             for b in islice(todo, 1):
-                self._feed(b)
-                pending.append(b)
+                pending.append(self._feed(b))
             while pending:
-                (out,) = self._pipe.outputs()
-                b = pending.popleft()
+                b, labels, indices = pending.popleft()
+                (out,) = self._outputs(b)
                 x = self._to_torch(out)  # copied out before the pipeline reuses its buffers
                 nxt = next(todo, None)
                 if nxt is not None:
-                    self._feed(nxt)
-                    pending.append(nxt)
-                yield {
-                    "input": x,
-                    "label": torch.tensor([self.reader.label(int(p)) for p in b], dtype=torch.int64),
-                    "index": torch.tensor([self.reader.index(int(p)) for p in b], dtype=torch.int64),
-                    "normalized": image,
-                }
+                    pending.append(self._feed(nxt))
+                yield {"input": x, "label": labels, "index": indices, "normalized": image}
         finally:
             # an epoch left early: collect the scheduled run so the next epoch starts clean (at interpreter
             # exit the pipeline may already be torn down; nothing is left to clean then)
-            for _ in pending:
+            for _ in pending if self._pipe is not None else ():
                 try:
                     self._pipe.outputs()
                 except (AttributeError, RuntimeError):

@@ -6,10 +6,15 @@ positions with sequential traversal, so order, rank partition and resume match t
 for, runs on the uint8 batch in torch (randaugment.py, in this process) with the same per-sample seeds
 as the webdataset backend. 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
 per-sample seeds as the webdataset backend.
+Integrity: FFCV's compiled reader cannot check the per-sample CRC-32s the writer stored (`{split}.crc32.npy`),
+so this loader recomputes them for each batch's samples from the file (shards/beton.py) before handing the
+batch out: a mismatch is a BadSampleError naming the .beton, the sample's position and the split, or under
+the "skip" policy the sample is replaced by the next good sample of the same batch (counted, logged).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -21,9 +26,13 @@ import torch
 
 from pipelines import randaugment as RA
 from pipelines import transforms as T
-from pipelines.errors import DataError
+from pipelines.errors import BadSampleError, DataError
 from pipelines.loaders.common import Loader
 from pipelines.shards import read_manifest, sha256_file
+from pipelines.shards.beton import BetonChecksums
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
 
 
 class FFCVLoader(Loader):
@@ -56,6 +65,64 @@ class FFCVLoader(Loader):
         self.batches_ahead = batches_ahead
         _record_thread_errors()
         self._loader = None
+        self._sums, self._expected = self._checksums(info, Path(manifest))
+
+    def _checksums(
+        self, info: dict[str, Any], manifest: Path
+    ) -> tuple[BetonChecksums | None, np.ndarray | None]:
+        """The .beton's per-sample checksums and the stored values (None, None for a .beton written before them)."""
+        listed = info.get("sample_checksums")
+        if not listed:
+            if str(self.beton) not in _WARNED:
+                _WARNED.add(str(self.beton))
+                log.warning(
+                    "%s: no per-sample checksums (written before they existed): samples are decoded unverified; "
+                    "prepare it again with --overwrite to add them",
+                    self.beton,
+                )
+            return None, None
+        path = self.beton.with_name(listed["file"])
+        if not path.is_file():
+            raise DataError(
+                f"{path}: the checksums {manifest} lists are missing (prepare again with --overwrite)"
+            )
+        expected = np.load(path, allow_pickle=False)
+        if len(expected) != self.num_samples_total:
+            raise DataError(f"{path}: {len(expected)} checksums for {self.num_samples_total} samples")
+        return BetonChecksums(self.beton), expected
+
+    def _bad(self, pos: int, reason: str) -> BadSampleError:
+        split = str(self.info["split"])
+        origin = f"{self.beton}: sample #{pos} of split {split!r}"
+        return BadSampleError(origin, reason, shard=str(self.beton), key=f"#{pos}", split=split)
+
+    def _check(self, pos: int) -> BadSampleError | None:
+        got, want = self._sums.crc(pos), int(self._expected[pos])
+        if got == want:
+            return None
+        return self._bad(pos, f"crc32 {got:08x} differs from the stored {want:08x} (corrupt .beton)")
+
+    def _verified(self, x: torch.Tensor, label: torch.Tensor, index: torch.Tensor, positions: np.ndarray):
+        """The batch with its checksums checked; under "skip" a bad sample's rows are the next good sample's."""
+        if self._sums is None:
+            return x, label, index
+        bad = []
+        for i, p in enumerate(positions):
+            if (error := self._check(int(p))) is not None:
+                self.bad_policy.skip(error)  # raises under "raise" and past the cap
+                bad.append(i)
+        if not bad:
+            return x, label, index
+        good = [i for i in range(len(positions)) if i not in bad]
+        if not good:
+            raise DataError(
+                f"{self.beton}: every sample of a batch is bad ({len(bad)}); nothing to replace them with"
+            )
+        x, label, index = x.clone(), label.clone(), index.clone()
+        for i in bad:
+            j = next((g for g in good if g > i), good[0])
+            x[i], label[i], index[i] = x[j], label[j], index[j]
+        return x, label, index
 
     def _pipelines(self) -> dict[str, list]:
         from ffcv.fields.basics import IntDecoder
@@ -110,7 +177,7 @@ class FFCVLoader(Loader):
         it = iter(loader)
         try:
             for b in batches:
-                x, label, index = self._next(it)
+                x, label, index = self._verified(*self._next(it, b), b)
                 if self.info["kind"] == "volume" and self.info["dtype"] == "float16":
                     x = x.view(torch.float16)  # stored as uint16 bit patterns (numba has no float16)
                 # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
@@ -142,15 +209,20 @@ class FFCVLoader(Loader):
         ]
         return torch.stack(vols)
 
-    def _next(self, it):
+    def _next(self, it, positions: np.ndarray):
         """next(it), but an FFCV reader thread that died (it swallows the error into a thread traceback and
-        would leave the caller waiting forever) becomes a DataError."""
+        would leave the caller waiting forever) becomes a DataError, or the BadSampleError of the batch's first
+        sample that fails its checksum (FFCV's compiled pipeline cannot replace it: this ends the epoch even
+        under "skip")."""
         q = it.output_queue
         with q.not_empty:
             while not q._qsize():
                 q.not_empty.wait(0.5)
                 if not q._qsize() and not it.is_alive():
                     error = _THREAD_ERRORS.pop(it.ident, None)
+                    for p in positions if self._sums is not None else ():
+                        if (bad := self._check(int(p))) is not None:
+                            raise bad from error
                     raise DataError(
                         f"{self.beton}: FFCV's reader thread stopped"
                         + (f" ({type(error).__name__}: {error})" if error else " (see the traceback above)")

@@ -1,6 +1,10 @@
 """The webdataset backend: reads the tar shards by position (mmap + index), decodes with PIL (2D) or
 numpy (3D) in torch DataLoader worker processes, and applies transforms.py's augmentations (and
-randaugment.py's RandAugment on 2D training images when asked for)."""
+randaugment.py's RandAugment on 2D training images when asked for).
+
+Every sample is read through ShardReader.read (its checksum verified) and decoded under the loader's bad-sample
+policy: a sample that fails either is a BadSampleError naming shard, key and split, or (policy "skip") is
+replaced by the next good sample of its shard, counted in memory the forked workers share with this process."""
 
 from __future__ import annotations
 
@@ -92,6 +96,7 @@ class _Dataset(torch.utils.data.Dataset):
         self.crop_scale = loader.crop_scale
         self.flip = loader.flip
         self.randaugment = loader.randaugment
+        self.policy = loader.bad_policy
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -99,9 +104,22 @@ class _Dataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         epoch, pos = item
         rng = np.random.default_rng([self.seed, epoch, pos])
-        data = self.reader.payload(pos)
+        return self.policy.read(lambda p: self._load(epoch, p, rng), pos, self.reader.neighbours)
+
+    def _load(self, epoch: int, pos: int, rng: np.random.Generator) -> tuple[torch.Tensor, int, int]:
+        """Sample `pos` decoded and augmented (with the random draws of the position asked for)."""
+        data, label, index = self.reader.read(pos)
+        try:
+            x = self._decode(data, rng)
+            if self.randaugment is not None:  # after the crop and flip, on the uint8 image
+                x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...; numpy ValueError
+            raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
+        return x, label, index
+
+    def _decode(self, data: memoryview, rng: np.random.Generator) -> torch.Tensor:
         if self.kind == "image":
-            x = load_image(
+            return load_image(
                 data,
                 self.channels,
                 self.size,
@@ -111,19 +129,20 @@ class _Dataset(torch.utils.data.Dataset):
                 eval_crop_ratio=self.eval_crop_ratio,
                 flip=self.flip,
             )
-            if self.randaugment is not None:  # after the crop and flip, on the uint8 image
-                x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
-        else:
-            x = load_volume(
-                data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip
-            )
-        return x, self.reader.label(pos), self.reader.index(pos)
+        return load_volume(
+            data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip
+        )
 
-
-def _collate(items: list[tuple[torch.Tensor, int, int]]) -> dict[str, Any]:
-    # default_collate stacks straight into shared memory inside a worker: no copy on the way to the main process
-    x, y, i = torch.utils.data.default_collate(items)
-    return {"input": x, "label": y.to(torch.int64), "index": i.to(torch.int64)}
+    def collate(self, items: list[tuple[torch.Tensor, int, int]]) -> dict[str, Any]:
+        # default_collate stacks straight into shared memory inside a worker: no copy on the way to the main process
+        x, y, i = torch.utils.data.default_collate(items)
+        # the warnings of bad samples replaced in this worker travel with the batch, to be logged by the main process
+        return {
+            "input": x,
+            "label": y.to(torch.int64),
+            "index": i.to(torch.int64),
+            "bad": self.policy.drain(),
+        }
 
 
 class WebDatasetLoader(Loader):
@@ -152,12 +171,14 @@ class WebDatasetLoader(Loader):
             self._dataset,
             batch_sampler=sampler,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=self._dataset.collate,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_worker_init,
             **extra,
         )
-        yield from dl
+        for batch in dl:
+            self.bad_policy.report(batch.pop("bad"))
+            yield batch
 
 
 def _worker_init(_: int) -> None:

@@ -3,6 +3,7 @@
     manifest.py  `manifest.json` (also a wids shard index), atomic JSON writes, checksums, fingerprints
     index.py     shard names and the DALI index file beside each tar
     codec.py     a sample's stored bytes: JPEG for images, npy for volumes
+    checksum.py  per-sample CRC-32s, written with each sample and verified before it is decoded
     reader.py    ShardReader: position -> (payload, label, source index) through the index files and mmap
 
 Writers and loaders import this package, never each other.
@@ -10,6 +11,9 @@ Writers and loaders import this package, never each other.
 
 from __future__ import annotations
 
+from pipelines.shards.checksum import ALGORITHM as CHECKSUM_ALGORITHM
+from pipelines.shards.checksum import MEMBER as CHECKSUM_MEMBER
+from pipelines.shards.checksum import encode_crc32, sample_crc32
 from pipelines.shards.codec import decode_npy, encode_image, encode_volume
 from pipelines.shards.index import (
     DALI_INDEX_VERSION,
@@ -31,6 +35,8 @@ from pipelines.shards.manifest import (
 from pipelines.shards.reader import ShardReader
 
 __all__ = [
+    "CHECKSUM_ALGORITHM",
+    "CHECKSUM_MEMBER",
     "DALI_INDEX_VERSION",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -38,12 +44,14 @@ __all__ = [
     "atomic_write_text",
     "dali_index_lines",
     "decode_npy",
+    "encode_crc32",
     "encode_image",
     "encode_volume",
     "fingerprint",
     "index_path",
     "read_dali_index",
     "read_manifest",
+    "sample_crc32",
     "sha256_file",
     "shard_name",
     "verify_shards",

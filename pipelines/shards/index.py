@@ -49,9 +49,23 @@ def read_dali_index(path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]
         if len(header) != 2 or not header[0].startswith("v1"):
             raise DataError(f"{path}: not a DALI webdataset index (header {header})")
         out = []
-        for line in f:
+        for number, line in enumerate(f, start=2):
             parts = line.split()
-            out.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+            try:
+                out.append(
+                    {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+                )
+            except (ValueError, IndexError) as exc:
+                raise DataError(
+                    f"{path}: line {number} is not `ext offset size name ...` (corrupt index)"
+                ) from exc
     if len(out) != int(header[1]):
         raise DataError(f"{path}: index says {header[1]} samples but lists {len(out)} (truncated?)")
     return out
+
+
+def read_dali_index_keys(path: str | os.PathLike) -> list[str]:
+    """The sample keys of a DALI index file, in order (the member names without their extension)."""
+    with open(path) as f:
+        f.readline()
+        return [line.split()[3].partition(".")[0] if len(line.split()) >= 4 else "?" for line in f]

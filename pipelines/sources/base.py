@@ -24,6 +24,9 @@ class Sample:
     data: bytes | np.ndarray
     label: int
     origin: str  # where it came from (file, archive entry), for error messages
+    repaired: str | None = (
+        None  # what the source fixed in it (e.g. NaN voxels mapped to background), if anything
+    )
 
 
 class Source:

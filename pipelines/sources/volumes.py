@@ -6,6 +6,10 @@ optionally a split column; without one, a stable hash of the id puts `val_fracti
 Volumes become (1, D, H, W) uint8 of a fixed `shape`, by trilinear resampling ("resize") or center
 crop/pad ("crop"), after intensity windowing: a CT window (center, width) in Hounsfield units, the
 series' own window tags ("dicom"), or the 0.5-99.5 percentile range ("auto").
+NaN voxels (registered or resampled scans hold them outside the field of view): `nan="background"` (the
+default) maps them to the volume's smallest finite intensity, its background in MRI (0) and CT (air, about
+-1000 HU; 0 would be water there), counted as repaired in the preparation summary; `nan="refuse"` makes such a
+volume a bad sample naming the file. Infinite values are always refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipelines.sources.base import Sample, Source
 from pipelines.sources.registry import register_source
 
 # Common CT windows (center, width) in HU, as used in radiology practice and the RSNA challenge notebooks.
+NAN_POLICIES = ("background", "refuse")
 CT_WINDOWS = {
     "brain": (40, 80),
     "subdural": (80, 200),
@@ -89,6 +94,7 @@ class _VolumeFolder(Source):
         val_fraction: float = 0.2,
         mean: float = 0.25,
         std: float = 0.3,
+        nan: str = "background",
     ):
         self.src = Path(src)
         if not self.src.is_dir():
@@ -98,6 +104,9 @@ class _VolumeFolder(Source):
         if len(self.shape) != 3:
             raise ValueError(f"shape must have 3 entries (D, H, W), got {shape}")
         self.mode = mode
+        if nan not in NAN_POLICIES:
+            raise ValueError(f"nan={nan!r}: expected one of {NAN_POLICIES}")
+        self.nan = nan
         self.window = CT_WINDOWS[window] if isinstance(window, str) and window in CT_WINDOWS else window
         if isinstance(self.window, str) and self.window not in ("auto", "dicom"):
             raise ValueError(
@@ -167,8 +176,9 @@ class _VolumeFolder(Source):
             ) from exc
         if vol.ndim != 3 or min(vol.shape) < 1:
             raise BadSampleError(str(path), f"expected a 3D volume, got shape {vol.shape}")
+        vol, repaired = self._nan_to_background(vol, path)
         if not np.all(np.isfinite(vol)):
-            raise BadSampleError(str(path), "volume holds NaN or infinite values")
+            raise BadSampleError(str(path), "volume holds infinite values")
         if self.window == "dicom":
             window = own_window
         elif self.window in (None, "auto"):
@@ -176,7 +186,21 @@ class _VolumeFolder(Source):
         else:
             window = tuple(float(v) for v in self.window)
         vol8 = fit_shape(window_to_uint8(vol, window), self.shape, self.mode)
-        return Sample(vol8[None], label, str(path))
+        return Sample(vol8[None], label, str(path), repaired)
+
+    def _nan_to_background(self, vol: np.ndarray, path: Path) -> tuple[np.ndarray, str | None]:
+        """The volume with NaN voxels set to its smallest finite value (nan="background"), and what was done."""
+        nan = np.isnan(vol)
+        count = int(nan.sum())
+        if not count:
+            return vol, None
+        finite = np.isfinite(vol)
+        if self.nan == "refuse" or not finite.any():
+            why = "no finite voxel at all" if not finite.any() else "nan='refuse'; nan='background' maps them"
+            raise BadSampleError(str(path), f"volume holds {count} NaN voxels of {vol.size} ({why})")
+        background = float(vol[finite].min())
+        vol = np.where(nan, np.float32(background), vol)
+        return vol, f"{count} NaN voxels of {vol.size} mapped to background {background:g}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -186,6 +210,7 @@ class _VolumeFolder(Source):
             "shape": self.shape,
             "mode": self.mode,
             "window": self.window,
+            "nan": self.nan,
             "counts": {s: len(v) for s, v in self.items.items()},
         }
 

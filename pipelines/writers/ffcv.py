@@ -1,7 +1,8 @@
 """Write one split as an FFCV .beton, converted from the split's webdataset shards (so both hold the same
 samples): fields `image` (RGBImageField) or `volume` (NDArrayField, fixed shape), `label`, `index`.
 
-The .beton is written under a temporary name and renamed; `{split}.json` beside it is written last.
+The .beton is written under a temporary name and renamed; then `{split}.crc32.npy`, the CRC-32 of every
+sample's stored bytes (shards/beton.py, checked by the FFCV loader); `{split}.json` beside them is written last.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import DataError
-from pipelines.shards import ShardReader, decode_npy, fingerprint, sha256_file, write_json
+from pipelines.shards import CHECKSUM_ALGORITHM, ShardReader, decode_npy, fingerprint, sha256_file, write_json
+from pipelines.shards.beton import BetonChecksums, checksum_path
 
 
 class _ShardsAsArrays:
@@ -31,18 +33,32 @@ class _ShardsAsArrays:
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, pos: int) -> tuple[np.ndarray, int, int]:
-        data = self.reader.payload(pos)
-        if self.kind == "image":
-            from PIL import Image
+    def check(self) -> None:
+        """Read every sample here, before FFCV's writer processes do (an error raised in one of those leaves
+        FFCV's writer waiting forever): checksums where the shards have them, else a full decode."""
+        for pos in range(len(self)):
+            if self.reader.checked:
+                self.reader.read(pos)
+            else:
+                self[pos]
 
-            # gray is stored as 3 equal channels
-            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        else:
-            img = decode_npy(data)
-            if self.bits16:
-                img = img.view(np.uint16)
-        return img, self.reader.label(pos), self.reader.index(pos)
+    def __getitem__(self, pos: int) -> tuple[np.ndarray, int, int]:
+        data, label, index = self.reader.read(
+            pos
+        )  # checksum verified: a corrupt shard is named, not converted
+        try:
+            if self.kind == "image":
+                from PIL import Image
+
+                # gray is stored as 3 equal channels
+                img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            else:
+                img = decode_npy(data)
+                if self.bits16:
+                    img = img.view(np.uint16)
+        except Exception as exc:
+            raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
+        return img, label, index
 
 
 def default_write_mode(native_size: list[int]) -> str:
@@ -117,6 +133,15 @@ def _write_beton(
         raise
 
 
+def _write_checksums(beton: Path) -> Path:
+    """The sidecar of per-sample CRC-32s of the finished .beton (under a temporary name, then renamed)."""
+    path = checksum_path(beton)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, BetonChecksums(beton).all(), allow_pickle=False)
+    os.replace(tmp, path)
+    return path
+
+
 def _manifest(
     wds: dict[str, Any], beton: Path, fields: dict[str, Any], params: dict[str, Any], fp: str
 ) -> dict[str, Any]:
@@ -146,6 +171,11 @@ def _manifest(
             "filesize": beton.stat().st_size,
             "sha256": sha256_file(beton),
             "fields": list(fields),
+            "sample_checksums": {
+                "algorithm": CHECKSUM_ALGORITHM,
+                "file": checksum_path(beton).name,
+                "sha256": sha256_file(checksum_path(beton)),
+            },
             "write_mode": params["mode"],
             "jpeg_quality": params["quality"],
             "max_resolution": params["max_resolution"],
@@ -180,12 +210,15 @@ def write_ffcv_split(
         "quality": quality,
         "max_resolution": max_resolution,
         "mode": mode,
+        "checksums": CHECKSUM_ALGORITHM,
     }
     fp = fingerprint(params)
     manifest = _finished(manifest_path, beton, fp, overwrite)
     if manifest is None:
         fields = _fields(dataset, mode, quality, max_resolution)
+        dataset.check()
         _write_beton(dataset, beton, fields, mode, workers)
+        _write_checksums(beton)
         manifest = _manifest(wds, beton, fields, params, fp)
         write_json(manifest_path, manifest)
     if progress:

@@ -1,7 +1,8 @@
 """Write one split of a source as webdataset tar shards, in parallel processes, resumably.
 
 Layout: `{out}/{name}-{split}-{index:06d}.tar` with members `{key}.cls`, `{key}.idx` (the sample's
-index in the source split) and `{key}.jpg` or `{key}.npy`; a DALI index file `{...}.idx` beside each
+index in the source split), `{key}.jpg` or `{key}.npy`, and `{key}.crc32` (the CRC-32 of the other three,
+shards/checksum.py, checked by the loaders before decoding); a DALI index file `{...}.idx` beside each
 tar; `manifest.json` last. A shard is written under a temporary name and renamed when complete; a
 hidden `.done` record beside it lets an interrupted run reuse finished shards.
 """
@@ -20,13 +21,17 @@ from typing import Any
 
 from pipelines.errors import BadSampleError, DataError
 from pipelines.shards import (
+    CHECKSUM_ALGORITHM,
+    CHECKSUM_MEMBER,
     FORMAT_VERSION,
     MANIFEST,
     dali_index_lines,
+    encode_crc32,
     encode_image,
     encode_volume,
     fingerprint,
     index_path,
+    sample_crc32,
     sha256_file,
     shard_name,
     write_json,
@@ -67,6 +72,7 @@ def _write_tar(source: Source, task: dict[str, Any], path: Path) -> dict[str, An
     import webdataset as wds
 
     skipped: list[list[str]] = []
+    repaired: list[list[str]] = []
     shapes: Counter = Counter()
     labels: Counter = Counter()
     count = 0
@@ -79,18 +85,15 @@ def _write_tar(source: Source, task: dict[str, Any], path: Path) -> dict[str, An
                     raise
                 skipped.append([exc.origin, exc.reason])
                 continue
-            sink.write(
-                {
-                    "__key__": f"{i:09d}",
-                    "cls": str(sample.label).encode(),
-                    "idx": str(i).encode(),
-                    ext: payload,
-                }
-            )
+            cls, idx = str(sample.label).encode(), str(i).encode()
+            crc = encode_crc32(sample_crc32(cls, idx, payload))
+            sink.write({"__key__": f"{i:09d}", "cls": cls, "idx": idx, ext: payload, CHECKSUM_MEMBER: crc})
+            if sample.repaired:
+                repaired.append([sample.origin, sample.repaired])
             shapes[shape] += 1
             labels[sample.label] += 1
             count += 1
-    return {"nsamples": count, "skipped": skipped, "shapes": shapes, "labels": labels}
+    return {"nsamples": count, "skipped": skipped, "repaired": repaired, "shapes": shapes, "labels": labels}
 
 
 def _write_index(tar: Path) -> Path:
@@ -125,6 +128,7 @@ def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
         "dali_index": idx.name,
         "first_index": task["start"],
         "skipped": counts["skipped"],
+        "repaired": counts["repaired"],
         "shapes": [[list(k), v] for k, v in counts["shapes"].items()],
         "labels": {str(k): v for k, v in counts["labels"].items()},
         "fingerprint": task["fingerprint"],
@@ -230,6 +234,9 @@ def _manifest(
     skipped = [s for r in shardlist for s in r["skipped"]]
     if skipped:
         log.warning("%s/%s: skipped %d bad samples (first: %s: %s)", name, split, len(skipped), *skipped[0])
+    repaired = [s for r in shardlist for s in r.get("repaired", [])]
+    if repaired:
+        log.warning("%s/%s: repaired %d samples (first: %s: %s)", name, split, len(repaired), *repaired[0])
     shapes: Counter = Counter()
     labels: Counter = Counter()
     for r in shardlist:
@@ -260,6 +267,9 @@ def _manifest(
         "label_counts": [labels.get(c, 0) for c in range(source.num_classes)],
         "num_skipped": len(skipped),
         "skipped": skipped[:1000],
+        "num_repaired": len(repaired),
+        "repaired": repaired[:1000],
+        "sample_checksums": CHECKSUM_ALGORITHM,
         "params": params,
         "fingerprint": fp,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -307,6 +317,7 @@ def write_webdataset_split(
         "dtype": dtype,
         "skip_bad": skip_bad,
         "format": FORMAT_VERSION,
+        "checksums": CHECKSUM_ALGORITHM,
     }
     fp = fingerprint(params)
     old = _finished(out / MANIFEST, fp, overwrite)
