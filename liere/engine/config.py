@@ -58,6 +58,8 @@ class DataConfig:
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
     randaugment: list[int] | None = None  # [num_ops, magnitude 0-30], e.g. [2, 9] (null: off)
+    bad_samples: str = "raise"  # a training sample failing to read/verify/decode: raise, or skip (replace it)
+    max_bad_samples: int = 100  # with skip: more replaced samples than this on one rank end the run
 
 
 @dataclass
@@ -159,6 +161,8 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
     _need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
     _need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    _need(d.bad_samples in ("raise", "skip"), "data.bad_samples", d.bad_samples, "expected 'raise' or 'skip'")
+    _need(d.max_bad_samples >= 0, "data.max_bad_samples", d.max_bad_samples, "must be >= 0")
     ra = d.randaugment
     _need(
         ra is None or (len(ra) == 2 and ra[0] >= 1 and 0 <= ra[1] <= 30),

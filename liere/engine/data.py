@@ -41,6 +41,8 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         crop_scale=tuple(d.crop_scale),
         randaugment=list(d.randaugment) if d.randaugment else None,
         flip=d.flip,
+        bad_samples=d.bad_samples,
+        max_bad_samples=d.max_bad_samples,
     )
     return loader, info
 
