@@ -25,7 +25,9 @@ def test_manifest_and_shard_layout(data_root):
     assert sum(manifest["label_counts"]) == 300
     with tarfile.open(d / "compass2d-train-000001.tar") as tar:
         names = tar.getnames()
-    assert names[:3] == ["000000100.cls", "000000100.idx", "000000100.jpg"]
+    # the CRC-32 of each sample's label, index and JPEG travels with it (shards/checksum.py)
+    assert names[:4] == ["000000100.cls", "000000100.crc32", "000000100.idx", "000000100.jpg"]
+    assert manifest["sample_checksums"] == "crc32"
     assert not list(d.glob(".*")), "no temporary or progress files left behind"
 
 
@@ -48,7 +50,7 @@ def test_dali_index_matches_dalis_own_tool(data_root, tmp_path):
     ours = (d / "digits-val-000000.idx").read_text().splitlines()
     assert ours == dali_index_lines(d / "digits-val-000000.tar")
     entries = read_dali_index(d / "digits-val-000000.idx")
-    assert len(entries) == 360 and set(entries[0]) == {"cls", "idx", "jpg"}
+    assert len(entries) == 360 and set(entries[0]) == {"cls", "crc32", "idx", "jpg"}
     import shutil
 
     tool = shutil.which("wds2idx") or os.path.join(os.path.dirname(os.sys.executable), "wds2idx")
