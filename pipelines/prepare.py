@@ -14,7 +14,7 @@ from typing import Any
 
 from pipelines import paths
 from pipelines.errors import DataError
-from pipelines.shards import fingerprint, write_json
+from pipelines.shards import CHECKSUM_ALGORITHM, fingerprint, write_json
 from pipelines.sources import get_source, source_class
 from pipelines.sources.base import Source
 from pipelines.writers.webdataset import write_webdataset_split
@@ -229,6 +229,7 @@ def _request_fingerprint(source: str, formats: Sequence[str], kwargs: dict[str, 
         {
             "source": source,
             "formats": sorted(formats),
+            "checksums": CHECKSUM_ALGORITHM,  # data prepared before per-sample checksums is prepared again
             **{k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY},
         }
     )
