@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from liere.engine.checkpoint import CheckpointError
+    from liere.engine.messages import user_message
     from liere.engine.trainer import run
     from pipelines.errors import DataError
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(cfg, dry_run=args.dry_run)
     except user_errors as err:  # what the config or the data got wrong: a message on every rank, exit 2
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     return 0
 

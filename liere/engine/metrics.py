@@ -55,16 +55,17 @@ class TrainMetrics:
         w.micro_steps += 1
         w.samples += samples * self.denv.world_size
 
-    def optimizer_step(self, step: int, epoch: int, engine) -> None:
-        """Advance the bar; at the log interval (and the last step) log the window and start a new one."""
+    def optimizer_step(self, step: int, epoch: int, engine, bad_samples: int = 0) -> None:
+        """Advance the bar; at the log interval (and the last step) log the window and start a new one.
+        ``bad_samples``: the samples this rank's loader replaced so far (``data.bad_samples: skip``)."""
         if self.bar is not None:
             self.bar.update(1)
         if step % self.cfg.train.log_every == 0 or step == self.total_steps:
-            self._log(step, epoch, engine)
+            self._log(step, epoch, engine, bad_samples)
 
-    def _log(self, step: int, epoch: int, engine) -> None:
+    def _log(self, step: int, epoch: int, engine, bad_samples: int) -> None:
         w = self.window
-        loss = torch.tensor([w.loss, w.micro_steps], device=self.device, dtype=torch.float64)
+        loss = torch.tensor([w.loss, w.micro_steps, bad_samples], device=self.device, dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(loss)
         elapsed = max(time.perf_counter() - w.start, 1e-9)
@@ -75,6 +76,7 @@ class TrainMetrics:
             "train/images_per_s": w.samples / elapsed,
             "train/data_wait_fraction": w.data_wait / elapsed,
             "train/epoch": epoch,
+            "data/bad_samples": loss[2].item(),  # replaced so far, all ranks
         }
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None and math.isfinite(float(grad_norm)):

@@ -83,9 +83,13 @@ class StopSignal:
 
 def end_workers(timeout_s: float = 5.0) -> None:
     """Kill the loader workers still alive (SIGKILL: they block SIGTERM) so the rank can exit."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise for each killed worker
     for child in multiprocessing.active_children():
-        child.kill()
-        child.join(timeout_s)
+        try:
+            child.kill()
+            child.join(timeout_s)
+        except (OSError, RuntimeError):
+            pass  # already gone
 
 
 def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
@@ -330,7 +334,7 @@ class Trainer:
         p = self.progress
         p.step += 1
         p.loader = self.loader.state_dict()
-        self.metrics.optimizer_step(p.step, p.epoch, self.engine)
+        self.metrics.optimizer_step(p.step, p.epoch, self.engine, getattr(self.loader, "bad_samples", 0))
         if distributed.any_rank(self.stop.received is not None, self.device):
             self.checkpointer.save(self.engine, p.step, self.client_state())
             return "preempted"
