@@ -35,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from liere.engine.checkpoint import CheckpointError
+    from liere.engine.distributed import DeviceError
     from liere.engine.messages import user_message
     from liere.engine.trainer import run
     from pipelines.errors import DataError
 
-    user_errors = (ConfigError, DataError, CheckpointError)
+    user_errors = (ConfigError, DataError, CheckpointError, DeviceError)
     if args.dry_run:
         user_errors += (ValueError,)
     try:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+class DeviceError(RuntimeError):
+    """A node whose GPUs or rendezvous this run cannot use; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -34,19 +39,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def expand_hostlist(nodes: str) -> list[str]:
+    """Slurm's compressed node list (``gpu[01-03,07],cpu4``) as names, without ``scontrol``."""
+    names: list[str] = []
+    for prefix, ranges, suffix, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]([^,]*)|([^,]+)", nodes):
+        if plain:
+            names.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            width = len(lo)
+            names.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi or lo) + 1))
+    return names
+
+
 def slurm_master_addr() -> str:
+    """The first node of the job; loopback only where a one-node job's names do not resolve."""
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     try:
         first = subprocess.run(
             ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True, timeout=30
         ).stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        first = nodes.split(",")[0]
+        first = (expand_hostlist(nodes) or [""])[0]  # containers: no scontrol
     try:
         socket.gethostbyname(first)
         return first
-    except OSError:  # node names that do not resolve (a cluster on one machine): loopback
-        return "127.0.0.1"
+    except (OSError, UnicodeError):
+        if int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or "1") > 1:
+            raise DeviceError(
+                f"the first node of SLURM_JOB_NODELIST={nodes!r}, {first!r}, does not resolve: the ranks of "
+                "a multi-node job cannot meet there; set MASTER_ADDR to its address"
+            ) from None
+        return "127.0.0.1"  # node names that do not resolve on one machine (the test cluster)
 
 
 def discover() -> DistEnv:
@@ -70,18 +95,66 @@ def discover() -> DistEnv:
     return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]), launcher)
 
 
+def _gpus_advertised() -> str | None:
+    """What says this node or task has NVIDIA GPUs, whether or not torch can use them."""
+    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+        if os.environ.get(var, "").strip() not in ("", "0"):
+            return f"{var}={os.environ[var]}"
+    if os.path.exists("/proc/driver/nvidia/version"):
+        return "an NVIDIA driver (/proc/driver/nvidia/version)"
+    return None
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build: run `make install` on a GPU node"
+    try:
+        torch.cuda.init()
+    except Exception as err:  # e.g. a driver older than the build's CUDA
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot start CUDA: {err}"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU"
+
+
 def device_for(denv: DistEnv) -> torch.device:
-    """This rank's device: its GPU when torch sees CUDA, else the CPU."""
-    return torch.device("cuda", denv.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """This rank's device: its GPU when torch sees CUDA, else the CPU.
+
+    A node that has GPUs torch cannot use is an error naming why (not a silent, ~100x slower CPU run;
+    ``LIERE_ALLOW_CPU=1`` accepts it); one visible GPU per task (``--gpus-per-task=1``) is ``cuda:0``."""
+    if not torch.cuda.is_available():
+        advertised = os.environ.get("CUDA_VISIBLE_DEVICES", None) != "" and _gpus_advertised()
+        if advertised and os.environ.get("LIERE_ALLOW_CPU") != "1":
+            raise DeviceError(
+                f"this node has GPUs ({advertised}) but {_why_no_cuda()}; "
+                "LIERE_ALLOW_CPU=1 trains on its CPUs instead"
+            )
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)  # one GPU per task, or one rank per node
+    if denv.local_rank >= count:
+        raise DeviceError(
+            f"local rank {denv.local_rank} but this task sees {count} GPUs "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): start one rank per GPU"
+        )
+    return torch.device("cuda", denv.local_rank)
+
+
+def align_accelerator(device: torch.device, announce: bool) -> None:
+    """DeepSpeed's accelerator follows torch's device: a DS_ACCELERATOR=cpu exported by a shell or by
+    ``sbatch --export=ALL`` on a GPU node would otherwise put DeepSpeed on another device than the model."""
+    wanted = "cuda" if device.type == "cuda" else "cpu"
+    if os.environ.get("DS_ACCELERATOR", wanted) != wanted and announce:
+        print(f"[distributed] DS_ACCELERATOR={os.environ['DS_ACCELERATOR']} replaced by {wanted}", flush=True)
+    os.environ["DS_ACCELERATOR"] = wanted
 
 
 def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.device]:
     """Discover the launcher, pick the device, and start the process group (NCCL or gloo)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    import deepspeed
-
     denv = denv or discover()
     device = device_for(denv)
+    align_accelerator(device, denv.is_main)
+    import deepspeed
+
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
