@@ -9,9 +9,21 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints/cpu.txt
 TORCH_VERSION := 2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>" on a
-# CPU machine that has no local torch wheel.
-TORCH_PIP_ARGS ?=
+# CPU machine that has no local torch wheel (on a GPU machine: the CUDA build's index, below).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# On a GPU machine the driver decides the builds: nvidia-smi's "CUDA Version: X.Y" is the newest CUDA
+# the driver runs. torch's CUDA build comes from download.pytorch.org (cu130 for CUDA 13 drivers, cu126
+# for CUDA 12 ones; TORCH_CUDA=cu128 etc. to choose), DALI's wheel by the major version
+# (nvidia-dali-cuda130 or -cuda120; its CPU pipelines run anywhere, so CPU machines take cuda130).
+CUDA_DRIVER := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9]*\).*/\1/p' | head -n 1)
+CUDA_MAJOR := $(firstword $(subst ., ,$(CUDA_DRIVER)))
+TORCH_CUDA ?= $(if $(filter 12,$(CUDA_MAJOR)),cu126,$(if $(CUDA_MAJOR),cu130,))
+DALI_EXTRA := $(if $(filter 12,$(CUDA_MAJOR)),dali-cuda120,dali)
+ifeq ($(HAS_GPU),1)
+TORCH_PIP_ARGS ?= --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+else
+TORCH_PIP_ARGS ?=
+endif
 PYTEST_ARGS ?=
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 # the demo's ranks: 2 (on a GPU machine, at most one per GPU)
@@ -24,7 +36,7 @@ export DS_BUILD_OPS ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv install test test-fast lint format clean demo ui
+.PHONY: help venv install test test-fast lint format clean demo ui gpu-choices
 
 help:
 	@echo "make test       set up everything the tests need, then run the whole suite"
@@ -36,14 +48,26 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: every later install runs under the same constraints file.
-$(VENV)/.torch: | $(BIN)/python
+# What this machine gets (no install): `make gpu-choices`.
+gpu-choices:
 ifeq ($(HAS_GPU),1)
-	@echo "nvidia-smi found: installing the CUDA build of torch $(TORCH_VERSION)"
+	@if [ -z "$(CUDA_MAJOR)" ] || [ "$(CUDA_MAJOR)" -lt 12 ]; then \
+		echo "error: nvidia-smi reports CUDA '$(CUDA_DRIVER)': torch $(TORCH_VERSION) needs a driver for CUDA 12 or newer (525+); update the driver" >&2; exit 2; fi
+	@echo "nvidia-smi: driver for CUDA $(CUDA_DRIVER): torch $(TORCH_VERSION) from the $(TORCH_CUDA) build ($(TORCH_PIP_ARGS)), DALI extra '$(DALI_EXTRA)', DS_ACCELERATOR=cuda"
 else
-	@echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"
+	@echo "no nvidia-smi: the CPU build of torch $(TORCH_VERSION), DALI extra '$(DALI_EXTRA)' (CPU pipelines), DS_ACCELERATOR=cpu"
 endif
+
+# torch first and pinned: every later install runs under the same constraints file. On a GPU machine
+# torch must then see the GPUs, else the install stops here with the reason (not later as a CPU run).
+# setuptools/wheel: the --no-build-isolation builds below need them (a Python >= 3.12 venv has none).
+$(VENV)/.torch: | $(BIN)/python
+	@$(MAKE) -s gpu-choices
 	$(PIP) install -q -c $(CONSTRAINTS) torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(PIP) install -q -c $(CONSTRAINTS) setuptools wheel
+ifeq ($(HAS_GPU),1)
+	$(BIN)/python -c "import sys, torch; ok = torch.cuda.is_available(); print(f'torch {torch.__version__} (CUDA {torch.version.cuda}): {torch.cuda.device_count()} GPU(s)'); sys.exit(0 if ok else 'torch cannot use the GPUs nvidia-smi lists: check the driver against the build (TORCH_CUDA=...)')"
+endif
 	touch $@
 
 venv: $(VENV)/.torch
@@ -74,9 +98,9 @@ $(VENV)/.slurm: | $(BIN)/python
 	fi
 
 # The data extras: webdataset/wids, FFCV (built from source against the Debian packages above) and
-# DALI (nvidia-dali-cuda130: its CPU pipelines run without a driver).
+# DALI (the wheel of the driver's CUDA major version, see above; its CPU pipelines run without a driver).
 $(VENV)/.test: $(VENV)/.torch pyproject.toml | $(VENV)/.system
-	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test,train,data,ffcv,dali]"
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test,train,data,ffcv,$(DALI_EXTRA)]"
 	touch $@
 
 # What the demo needs: training (DeepSpeed, MLflow) and the webdataset pipeline.
