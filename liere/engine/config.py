@@ -38,6 +38,18 @@ class ModelConfig:
     drop_rate: float = 0.0  # dropout after the embedding, on attention and MLP outputs, before the head
     attn_drop_rate: float = 0.0  # dropout on the attention probabilities
     grad_checkpointing: bool = False  # recompute blocks in backward to save memory
+    drop_path_schedule: str = (
+        "linear"  # linear (0 at the first block to the rate at the last) or uniform (DeiT III)
+    )
+    qkv_bias: bool = True  # a bias on the q, k, v projection (the official LieRE attention has none)
+    init: str = (
+        "trunc_normal"  # trunc_normal (timm/DeiT, 0.02) or official (PyTorch defaults, class token N(0, 1))
+    )
+    norm_eps: float = 1.0e-6  # LayerNorm epsilon (PyTorch's default, the official LieRE code's: 1e-5)
+    head_drop: bool = True  # dropout at drop_rate before the head (the official LieRE model has none)
+    layer_scale: float | None = (
+        None  # LayerScale's initial gain on every residual branch (DeiT III: 1e-4; null: off)
+    )
 
 
 @dataclass
@@ -182,6 +194,19 @@ def _check_model(m: DictConfig, d: DictConfig) -> None:
         "expected 2 (image) or 3 (volume) sizes",
     )
     _need(m.global_pool in ("token", "avg"), "model.global_pool", m.global_pool, "expected token or avg")
+    from liere.models.vit import DROP_PATH_SCHEDULES, INITS
+
+    _need(m.init in INITS, "model.init", m.init, f"expected one of {INITS}")
+    _need(
+        m.drop_path_schedule in DROP_PATH_SCHEDULES,
+        "model.drop_path_schedule",
+        m.drop_path_schedule,
+        f"expected one of {DROP_PATH_SCHEDULES}",
+    )
+    _need(0 < m.norm_eps < 1, "model.norm_eps", m.norm_eps, "expected a small positive number (1e-6, 1e-5)")
+    _need(
+        m.layer_scale is None or m.layer_scale > 0, "model.layer_scale", m.layer_scale, "expected null or > 0"
+    )
     models, encodings = liere.list_models(), liere.encodings.list_encodings()
     _need(m.name in models, "model.name", m.name, f"unknown model; registered: {models}")
     _need(

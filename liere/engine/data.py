@@ -85,6 +85,10 @@ def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
         "drop_rate": m.drop_rate,
         "attn_drop_rate": m.attn_drop_rate,
         "grad_checkpointing": m.grad_checkpointing,
+        **{
+            k: m[k]
+            for k in ("drop_path_schedule", "qkv_bias", "init", "norm_eps", "head_drop", "layer_scale")
+        },
     }
     if m.patch_size is not None:
         kwargs["patch_size"] = list(m.patch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -109,17 +110,37 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
         self.drop_path = drop_path
 
     def forward(self, x: Tensor, rotation: RotationState | None, layer: int) -> Tensor:
-        x = x + drop_path(self.attn(self.norm1(x), rotation, layer), self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(self.ls1(self.attn(self.norm1(x), rotation, layer)), self.drop_path, self.training)
+        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path, self.training)
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}"
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel gain on a residual branch, initialised to ``init`` (Touvron et al., "Going
+    deeper with image transformers", ICCV 2021; DeiT III's ``Layer_scale_init_Block``, gamma = 1e-4)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.init = float(init)
+        self.gamma = nn.Parameter(torch.full((dim,), self.init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma  # (..., D) * (D,)
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init)

@@ -18,6 +18,21 @@ from liere.models.layers import Block, PatchEmbed
 from liere.models.patches import to_ntuple
 
 POOLS = ("token", "avg")
+INITS = ("trunc_normal", "official")  # ours (timm/DeiT) or the official LieRE code's (PyTorch defaults)
+DROP_PATH_SCHEDULES = (
+    "linear",
+    "uniform",
+)  # rate rising linearly over the blocks (timm) or the same in all (DeiT III)
+
+
+def drop_path_rates(rate: float, depth: int, schedule: str) -> list[float]:
+    """Stochastic-depth rate of each block: linear from 0 to ``rate`` (timm's rule) or ``rate`` in every
+    block (DeiT III, ``models_v2.py`` ``dpr = [drop_path_rate for i in range(depth)]``)."""
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(f"drop_path_schedule {schedule!r}: expected one of {DROP_PATH_SCHEDULES}")
+    if schedule == "uniform":
+        return [rate] * depth
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
 def _spatial_sizes(
@@ -57,12 +72,21 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        init: str = "trunc_normal",
+        norm_eps: float = 1e-6,
+        head_drop: bool = True,
+        layer_scale: float | None = None,
+        drop_path_schedule: str = "linear",
     ) -> None:
         super().__init__()
         self.img_size, self.patch_size = _spatial_sizes(img_size, patch_size)
         n = len(self.img_size)
         if global_pool not in POOLS:
             raise ValueError(f"global_pool {global_pool!r}: expected one of {POOLS}")
+        if init not in INITS:
+            raise ValueError(f"init {init!r}: expected one of {INITS}")
+        if layer_scale is not None and not layer_scale > 0:
+            raise ValueError(f"layer_scale {layer_scale!r}: expected a positive initial gain or None")
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
         self.grad_checkpointing = grad_checkpointing
 
@@ -80,15 +104,22 @@ class VisionTransformer(nn.Module):
             **(encoding_options or {}),
         )
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth
-        options = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
+        rates = drop_path_rates(drop_path_rate, depth, drop_path_schedule)
+        options = dict(
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+            norm_eps=norm_eps, layer_scale=layer_scale,
+        )  # fmt: skip
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, drop_path=rate, **options) for rate in rates)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head_drop = nn.Dropout(drop_rate) if head_drop else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        self.init = init
+        if init == "trunc_normal":
+            self.apply(self._init_weights)  # "official": the modules keep PyTorch's own initialisation
+        elif isinstance(getattr(self.encoding, "pos_embed", None), nn.Parameter):
+            nn.init.normal_(self.encoding.pos_embed, std=1.0)  # official APE: torch.randn (models/vit.py:174)
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=0.02)
+            nn.init.normal_(self.cls_token, std=0.02 if init == "trunc_normal" else 1.0)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
