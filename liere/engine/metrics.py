@@ -18,8 +18,8 @@ import torch.distributed as dist
 class Window:
     """What the micro steps since the last log add up to."""
 
-    loss: float = 0.0
-    penalty: float = 0.0
+    loss: torch.Tensor | float = 0.0  # summed on the device
+    penalty: torch.Tensor | float = 0.0
     micro_steps: int = 0
     samples: int = 0  # over all ranks
     data_wait: float = 0.0  # seconds spent waiting for the loader
@@ -49,9 +49,10 @@ class TrainMetrics:
         self.window.data_wait += seconds
 
     def micro_step(self, loss: torch.Tensor, penalty: torch.Tensor | None, samples: int) -> None:
+        """Add a micro step to the window: on the device (no host sync per step; read at the log)."""
         w = self.window
-        w.loss += loss.item()
-        w.penalty += 0.0 if penalty is None else penalty.item()
+        w.loss = w.loss + loss.detach().double()
+        w.penalty = w.penalty + (0.0 if penalty is None else penalty.detach().double())
         w.micro_steps += 1
         w.samples += samples * self.denv.world_size
 
@@ -65,7 +66,11 @@ class TrainMetrics:
 
     def _log(self, step: int, epoch: int, engine, bad_samples: int) -> None:
         w = self.window
-        loss = torch.tensor([w.loss, w.micro_steps, bad_samples], device=self.device, dtype=torch.float64)
+        loss = torch.stack([
+            torch.as_tensor(w.loss, dtype=torch.float64, device=self.device).reshape(()),
+            torch.tensor(float(w.micro_steps), dtype=torch.float64, device=self.device),
+            torch.tensor(float(bad_samples), dtype=torch.float64, device=self.device),
+        ])  # fmt: skip
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(loss)
         elapsed = max(time.perf_counter() - w.start, 1e-9)
@@ -82,7 +87,7 @@ class TrainMetrics:
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             metrics["train/grad_norm"] = float(grad_norm)
         if self.cfg.sparsity.weight:
-            metrics["train/sparsity_penalty"] = w.penalty / max(1, w.micro_steps)
+            metrics["train/sparsity_penalty"] = float(w.penalty) / max(1, w.micro_steps)
         self.tracker.log_metrics(metrics, step)
         if self.denv.is_main:
             self.bar.set_postfix(

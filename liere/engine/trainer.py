@@ -92,25 +92,52 @@ def end_workers(timeout_s: float = 5.0) -> None:
             pass  # already gone
 
 
-def deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's config of a run; ``train.precision`` is resolved (bf16, fp16 or fp32) by then."""
+def deepspeed_config(cfg: DictConfig, world_size: int, device_type: str = "cpu") -> dict[str, Any]:
+    """DeepSpeed's config of a run; ``train.precision`` is resolved (bf16, fp16 or fp32) by then.
+
+    On GPUs, ZeRO overlaps the gradient reduction with the backward pass in contiguous buckets, and
+    bf16 runs reduce and accumulate gradients in fp32 (bf16's 8 bits of mantissa would round LieRE's
+    generator gradients across ranks); on CPUs (gloo) DeepSpeed's defaults stay."""
     t = cfg.train
-    return {
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": cfg.data.batch_size * t.grad_accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": t.precision == "bf16"},
         "fp16": {"enabled": t.precision == "fp16", "loss_scale": 0, "initial_scale_power": 12},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if device_type == "cuda" and t.zero_stage >= 1:
+        zero.update(
+            overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=int(5e8),
+            allgather_bucket_size=int(5e8), reduce_scatter=True,
+        )  # fmt: skip
+    if device_type == "cuda" and t.precision == "bf16":
+        config["communication_data_type"] = "fp32"
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
+
+
+def binary_cross_entropy(logits: torch.Tensor, batch: dict, device) -> torch.Tensor:
+    """DeiT III's loss (``--bce-loss``): BCE-with-logits, averaged over samples and classes, on the
+    targets made binary, every class with a positive mixed weight a 1 (``engine.py:43-44``,
+    ``targets.gt(0.0)``); one-hot labels when the loader does not mix."""
+    if "target" in batch:
+        target = batch["target"].to(device).gt(0.0).to(logits.dtype)
+    else:
+        target = F.one_hot(batch["label"].to(device), logits.shape[-1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 def build_criterion(cfg: DictConfig):
-    """The loss, chosen once: soft targets when the loader mixes (its targets carry the label
-    smoothing), else cross-entropy with ``optim.label_smoothing`` on the integer labels."""
+    """The loss, chosen once: ``optim.loss=bce`` (DeiT III), else soft targets when the loader mixes
+    (its targets carry the label smoothing), else cross-entropy with ``optim.label_smoothing``."""
+    if cfg.optim.loss == "bce":
+        return binary_cross_entropy
     if cfg.data.mixup > 0 or cfg.data.cutmix > 0:
         return lambda logits, batch, device: F.cross_entropy(logits, batch["target"].to(device))
     smoothing = cfg.optim.label_smoothing
@@ -160,7 +187,7 @@ class Trainer:
         optimizer = build_optimizer(model, cfg.optim)
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps, warmup)
-        ds_config = deepspeed_config(cfg, denv.world_size)
+        ds_config = deepspeed_config(cfg, denv.world_size, self.device.type)
         if self.plan.universal:
             ds_config["checkpoint"] = {"load_universal": True}
         self.engine, _, _, _ = deepspeed.initialize(

@@ -86,3 +86,17 @@ def test_config_refuses_an_unknown_precision():
     with pytest.raises(ConfigError, match=r"train\.precision='fp8'"):
         load_config(DEMO, ["train.precision=fp8"])
     assert OmegaConf.select(load_config(DEMO, ["train.precision=bf16"]), "train.precision") == "bf16"
+
+
+def test_on_gpus_zero_overlaps_its_reduction_and_bf16_reduces_in_fp32():
+    cfg = load_config(DEMO, ["train.precision=bf16", "train.zero_stage=2"])
+    ds = deepspeed_config(cfg, world_size=1, device_type="cuda")  # (parsed below: one process)
+    zero = ds["zero_optimization"]
+    assert zero["overlap_comm"] and zero["contiguous_gradients"] and zero["reduce_bucket_size"] == 5 * 10**8
+    assert ds["communication_data_type"] == "fp32" and ds["data_types"]["grad_accum_dtype"] == "fp32"
+    from deepspeed.runtime.config import DeepSpeedConfig  # DeepSpeed itself accepts every field
+
+    parsed = DeepSpeedConfig(ds)
+    assert parsed.zero_config.overlap_comm and str(parsed.communication_data_type) == "torch.float32"
+    cpu_ds = deepspeed_config(cfg, world_size=2, device_type="cpu")  # gloo: DeepSpeed's defaults
+    assert cpu_ds["zero_optimization"] == {"stage": 2} and "communication_data_type" not in cpu_ds
