@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from liere.engine.precision import PRECISIONS
 
 SCHEDULES = ("cosine", "constant")
+LOSSES = ("cross_entropy", "bce")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw (torch) or lamb (liere/engine/optim.py; needs train.zero_stage 0 and fp32)
+    loss: str = (
+        "cross_entropy"  # cross_entropy, or bce (binary cross-entropy on binarized soft targets, DeiT III)
+    )
     lr: float = 1e-3  # peak learning rate (per the whole global batch; no automatic scaling)
     min_lr: float = 1e-5  # floor of the cosine schedule
     weight_decay: float = 0.05  # AdamW decoupled decay; never on norms, biases, tokens, encodings
@@ -83,7 +88,10 @@ class OptimConfig:
     eps: float = 1e-8
     encoding_lr_scale: float = 1.0  # learning-rate multiplier of the position-encoding parameters
     schedule: str = "cosine"  # cosine (after warmup) or constant
-    warmup_epochs: float = 0.0  # linear warmup from 0, in epochs (fractions allowed)
+    warmup_epochs: float = 0.0  # linear warmup, in epochs (fractions allowed)
+    warmup_lr: float = (
+        0.0  # the learning rate warmup starts from (DeiT/timm --warmup-lr; 0: from lr / warmup steps)
+    )
     grad_clip: float = 1.0  # global gradient-norm clip (0: off)
     label_smoothing: float = 0.0
 
@@ -170,6 +178,7 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
     _need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
     _need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
     _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check_optimizer(t, o)
     _need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
     _need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
@@ -182,6 +191,31 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
         None if ra is None else list(ra),
         "expected null or [num_ops >= 1, magnitude 0-30]",
     )
+
+
+def _check_optimizer(t: DictConfig, o: DictConfig) -> None:
+    from liere.engine.optim import OPTIMIZERS
+
+    _need(o.name in OPTIMIZERS, "optim.name", o.name, f"expected one of {OPTIMIZERS}")
+    _need(o.loss in LOSSES, "optim.loss", o.loss, f"expected one of {LOSSES}")
+    _need(0 <= o.warmup_lr <= o.lr, "optim.warmup_lr", o.warmup_lr, f"expected 0 to optim.lr ({o.lr})")
+    _need(
+        o.loss != "bce" or o.label_smoothing == 0,
+        "optim.label_smoothing",
+        o.label_smoothing,
+        "optim.loss=bce binarizes the targets (DeiT III: --smoothing 0.0); smoothing would make every class a 1",
+    )
+    if o.name == "lamb":  # LAMB's trust ratio is per tensor: DeepSpeed must hand it whole tensors
+        why = (
+            "LAMB's per-tensor trust ratio needs whole tensors, and DeepSpeed hands the optimizer flat shards"
+        )
+        _need(t.zero_stage == 0, "train.zero_stage", t.zero_stage, f"optim.name=lamb needs 0: {why}")
+        _need(
+            t.precision == "fp32",
+            "train.precision",
+            t.precision,
+            f"optim.name=lamb needs fp32: {why} under bf16/fp16 (their master weights are flattened)",
+        )
 
 
 def _check_model(m: DictConfig, d: DictConfig) -> None:
