@@ -155,3 +155,64 @@ def mix_batch(
     else:
         mixed = inputs * lam + flipped * (1.0 - lam)
     return mixed, targets * lam + targets.flip(0) * (1.0 - lam)
+
+
+# ---- 3-Augment (DeiT III: Touvron, Cord and Jegou, ECCV 2022; facebookresearch/deit augment.py) ----
+THREE_AUGMENT_OPS = ("grayscale", "solarize", "blur")
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) float RGB -> (1, H, W) luma with PIL's ITU-R 601-2 weights (torchvision's Grayscale)."""
+    if x.shape[0] == 1:
+        return x
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) float image, reflect-padded, kernel 2 ceil(3 sigma) + 1."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[0]
+    pad_h, pad_w = min(radius, x.shape[1] - 1), min(radius, x.shape[2] - 1)
+    y = F.pad(x[None], (pad_w, pad_w, pad_h, pad_h), mode="reflect" if min(pad_h, pad_w) > 0 else "replicate")
+    kh = k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    kw = k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    return F.conv2d(F.conv2d(y, kh, groups=c), kw, groups=c)[0]
+
+
+def color_jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """torchvision's ColorJitter(strength, strength, strength) (no hue): brightness, contrast and
+    saturation factors from U[1 - s, 1 + s], applied in a random order, on (C, H, W) floats in [0, 255]."""
+    factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=3)
+    for op in rng.permutation(3):
+        f = float(factors[op])
+        if op == 0:  # brightness: blend with black
+            x = (x * f).clamp_(0, 255)
+        elif op == 1:  # contrast: blend with the mean luma
+            x = (x * f + (1 - f) * _gray(x).mean()).clamp_(0, 255)
+        elif x.shape[0] == 3:  # saturation: blend with the luma image
+            x = (x * f + (1 - f) * _gray(x)).clamp_(0, 255)
+    return x
+
+
+def three_augment(
+    img: torch.Tensor, rng: np.random.Generator, color_jitter_strength: float = 0.3
+) -> torch.Tensor:
+    """DeiT III's 3-Augment on one uint8 (C, H, W) image, after the crop and flip: one of grayscale
+    (kept 3-channel), solarization (PIL's threshold 128) or Gaussian blur (sigma ~ U(0.1, 2)), each
+    with probability 1/3 (``transforms.RandomChoice``, augment.py:111-113), then colour jitter
+    (augment.py:115-116; 0: off). Returns uint8 (C, H, W)."""
+    op = THREE_AUGMENT_OPS[int(rng.integers(0, 3))]
+    sigma = float(rng.uniform(0.1, 2.0))  # drawn whichever op: the later draws stay the same
+    x = img.to(torch.float32)
+    if op == "grayscale":
+        x = _gray(x).expand_as(x).clone()
+    elif op == "solarize":
+        x = torch.where(x >= 128, 255 - x, x)
+    else:
+        x = gaussian_blur(x, sigma)
+    if color_jitter_strength > 0:
+        x = color_jitter(x, color_jitter_strength, rng)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
