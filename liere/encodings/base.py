@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from liere.encodings.augment import PositionAugment, parse_augment
 from liere.encodings.positions import SCHEMES, grid_positions
 from liere.encodings.registry import register_encoding
 
@@ -174,11 +175,14 @@ class RotaryEncoding(PositionEncoding):
     is_rotary = True
     default_scheme = "proportional"
 
-    def __init__(self, *, positions: str | None = None, **geometry) -> None:
+    def __init__(self, *, positions: str | None = None, augment=None, **geometry) -> None:
         super().__init__(**geometry)
         self.position_scheme = positions or self.default_scheme
         if self.position_scheme not in SCHEMES:
             raise ValueError(f"unknown position scheme {self.position_scheme!r}; expected one of {SCHEMES}")
+        amounts = parse_augment(augment)
+        # training-only coordinate augmentation (liere.encodings.augment); None when off
+        self.augment = None if amounts is None else PositionAugment(amounts)
         self._cache: dict[tuple, RotationState] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -209,7 +213,8 @@ class RotaryEncoding(PositionEncoding):
 
     def _reference(self) -> Tensor:
         """A parameter or buffer of the module: where and in which dtype the rotations live."""
-        return next(itertools.chain(self.parameters(), self.buffers()))
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next(t for t in tensors if t.is_floating_point())
 
     def prepare(self, grid_shape: Sequence[int], num_prefix: int = 0) -> RotationState:
         ref = self._reference()
@@ -223,7 +228,10 @@ class RotaryEncoding(PositionEncoding):
         if cacheable and key in self._cache:
             return self._cache[key]
         with torch.autocast(device_type=device.type, enabled=False):
-            state = self._state(self.positions(grid_shape, device=device)).with_prefix(num_prefix).to(dtype)
+            pos = self.positions(grid_shape, device=device)
+            if self.training and self.augment is not None:  # never in eval: eval states are cached
+                pos = self.augment(pos, tuple(grid_shape))
+            state = self._state(pos).with_prefix(num_prefix).to(dtype)
         if cacheable:
             self._cache = {key: state} if len(self._cache) >= 8 else {**self._cache, key: state}
         return state
