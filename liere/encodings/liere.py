@@ -4,6 +4,12 @@ Ostmeier et al., "LieRE: Lie Rotational Positional Encodings", ICML 2025 (arXiv 
 Each generator is block-diagonal with d/g blocks of size g, parameterized by the strict upper
 triangle U of every block (A = U - U^T), and owned per layer and per head (or shared). g = 2 is
 RoPE-Mixed (closed form, applied as angles); g = d is dense.
+
+``share_layers="official"`` reproduces what StanfordMIMI/LieRE trains: per-layer generators are
+stored, but its layer loop (``models/vit.py``, ``Transformer.forward``) replaces the rotations by
+layer 0's at the first layer, so every layer uses layer 0's and layers 1..L-1 get zero gradient.
+``rope_mixed_paper`` is the paper's RoPE-Mixed baseline: this class with g = 2, entries U[0, 2 pi)
+and the official positions (``lightning_liere_image_classification.py``, ``generator_dim=2``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,18 @@ from liere.encodings.expm import skew_expm
 from liere.encodings.registry import register_encoding
 
 INITS = ("paper", "small")
+SHARING = (None, "official")
+PAPER_ROPE_MIXED = {"block_size": 2, "init": "paper", "positions": "official"}
 
 
-@register_encoding("liere", aliases={"liere8": {"block_size": 8}, "liere64": {"block_size": 64}})
+@register_encoding(
+    "liere",
+    aliases={
+        "liere8": {"block_size": 8},
+        "liere64": {"block_size": 64},
+        "rope_mixed_paper": PAPER_ROPE_MIXED,
+    },
+)
 class LieRE(RotaryEncoding):
     """Block-diagonal LieRE with block size ``block_size`` (None: dense, one block of head_dim)."""
 
@@ -33,6 +48,7 @@ class LieRE(RotaryEncoding):
         per_layer: bool = True,
         per_head: bool = True,
         init: str = "paper",
+        share_layers: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -44,6 +60,9 @@ class LieRE(RotaryEncoding):
             )
         if init not in INITS:
             raise ValueError(f"liere: unknown init {init!r}; expected one of {INITS}")
+        if share_layers not in SHARING:
+            raise ValueError(f"liere: unknown share_layers {share_layers!r}; expected one of {SHARING}")
+        self.share_layers = share_layers
         self.block_size, self.num_blocks = g, self.head_dim // g
         self.per_layer, self.per_head, self.init = per_layer, per_head, init
         L = self.depth if per_layer else 1
@@ -69,9 +88,13 @@ class LieRE(RotaryEncoding):
         full[..., self._rows, self._cols] = upper
         return full - full.transpose(-1, -2)
 
+    def used_upper(self) -> Tensor:
+        """The triangles the rotations use: all layers', or layer 0's alone (``share_layers="official"``)."""
+        return self.upper[:, :1] if self.share_layers == "official" else self.upper
+
     def generator_matrices(self) -> Tensor:
-        """(num_axes, L, H, d/g, g, g), skew-symmetric; L = depth or 1, H = heads or 1."""
-        return self.skew(self.upper)
+        """(num_axes, L, H, d/g, g, g), skew-symmetric; L = depth or 1 (1 when shared), H = heads or 1."""
+        return self.skew(self.used_upper())
 
     def rotation(self, pos: Tensor) -> Tensor:
         """pos (N, num_axes) -> exp(sum_a p_a A_a): (L, H, N, d/g, g, g), orthogonal."""
@@ -79,12 +102,12 @@ class LieRE(RotaryEncoding):
 
     def _exponentials(self, pos: Tensor, layout: str) -> Tensor:
         # sum over axes on the upper triangles (half the work of full matrices), then one skew
-        mixed = torch.einsum(f"na,alhkm->{layout}", pos, self.upper.float())
+        mixed = torch.einsum(f"na,alhkm->{layout}", pos, self.used_upper().float())
         return skew_expm(self.skew(mixed))
 
     def _state(self, pos: Tensor) -> RotationState:
         if self.block_size == 2:  # exp([[0, u], [-u, 0]]) rotates by -u: RoPE's angle form
-            theta = -torch.einsum("na,alhk->lnhk", pos, self.upper[..., 0].float())
+            theta = -torch.einsum("na,alhk->lnhk", pos, self.used_upper()[..., 0].float())
             return AngleRotation(theta.cos(), theta.sin())
         return BlockRotation(self._exponentials(pos, "lnhkm"))  # token-major (L, T, H, ...) directly
 
@@ -95,5 +118,6 @@ class LieRE(RotaryEncoding):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, block_size={self.block_size}, per_layer={self.per_layer}, "
-            f"per_head={self.per_head}, init={self.init!r}, positions={self.position_scheme!r}"
+            f"per_head={self.per_head}, init={self.init!r}, positions={self.position_scheme!r}, "
+            f"share_layers={self.share_layers!r}"
         )

@@ -7,6 +7,10 @@ only in the frequency table ``f`` (num_axes, L, H, d/2).
   Transformer", RoPE-Axial, theta = 100); positions are integer patch indices.
 - ``rope_mixed``: every pair mixes all axes along a learnable direction; initialised with random
   orthonormal directions per layer and head and the magnitudes theta^(-j/m) (RoPE-Mixed, theta = 10).
+- ``rope_mixed_ape``: RoPE-Mixed plus a learned absolute embedding added to the patch tokens, the
+  second variant RoPE-ViT reports (naver-ai/rope-vit, ``rope_mixed_ape_deit_*`` models).
+- ``rope_axial_vjepa2``: axial RoPE with theta = 10000, which in 3D is V-JEPA 2's encoding (head
+  dim split in thirds over t/h/w, interleaved pairs, integer positions; see docs/encodings.md).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from liere.encodings.absolute import LearnedAPE
 from liere.encodings.base import AngleRotation, RotaryEncoding
 from liere.encodings.registry import register_encoding
 
@@ -59,7 +64,7 @@ def _check_even(head_dim: int, name: str) -> int:
     return head_dim // 2
 
 
-@register_encoding("rope_axial")
+@register_encoding("rope_axial", aliases={"rope_axial_vjepa2": {"theta": 10000.0}})
 class RoPEAxial(FrequencyRotary):
     """Fixed axial RoPE: pairs split across axes, each with the spectrum theta^(-j/n_a)."""
 
@@ -113,3 +118,20 @@ class RoPEMixed(FrequencyRotary):
 
     def frequencies(self) -> Tensor:
         return self.freqs
+
+
+@register_encoding("rope_mixed_ape")
+class RoPEMixedAPE(RoPEMixed):
+    """RoPE-Mixed with a learned absolute embedding added to the patch tokens (RoPE-ViT's "+ APE")."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        geometry = dict(head_dim=self.head_dim, num_heads=self.num_heads, depth=self.depth)
+        self.ape = LearnedAPE(**geometry, num_axes=self.num_axes, grid_shape=self.grid_shape)
+
+    def embed(self, tokens: Tensor, grid_shape) -> Tensor:
+        return self.ape.embed(tokens, grid_shape)
+
+    def apply_flops(self, num_tokens: int) -> int:
+        """The rotations, plus one addition per channel of every token (class token included here)."""
+        return super().apply_flops(num_tokens) + self.ape.apply_flops(num_tokens)
