@@ -18,6 +18,12 @@ ROTARY = [
     ("rope_mixed", {}),
     ("rope_mixed", {"per_layer": False, "per_head": False}),
     ("string", {}),
+    ("string_circulant", {}),
+    ("comrope_ap", {"block_size": 4}),
+    ("comrope_ld", {"block_size": 4}),
+    ("rope_mixed_ape", {}),
+    ("liere", {"block_size": 4, "share_layers": "official"}),
+    ("rope_mixed_paper", {}),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o in ROTARY]
 
@@ -59,7 +65,8 @@ def test_rotation_is_orthogonal_and_equals_exp_of_generators(name, options, num_
     assert torch.allclose(gen, -gen.transpose(-1, -2), atol=1e-6), "generators must be skew-symmetric"
     pos = enc.positions((5,) * num_axes)  # larger than the training grid
     R = enc.rotation(pos)
-    L = 3 if options.get("per_layer", True) and name != "rope_axial" else 1
+    shared = options.get("share_layers") == "official" or not options.get("per_layer", True)
+    L = 1 if shared or name == "rope_axial" else 3
     H = 2 if options.get("per_head", True) and name != "rope_axial" else 1
     assert R.shape[:3] == (L, H, pos.shape[0])
     eye = torch.eye(R.shape[-1], dtype=R.dtype)
@@ -251,6 +258,12 @@ def test_every_contract_name_builds():
         "string",
         "liere8",
         "liere64",
+        "rope_mixed_ape",
+        "string_circulant",
+        "comrope_ap",
+        "comrope_ld",
+        "rope_axial_vjepa2",
+        "rope_mixed_paper",
     }
     for name in encodings.list_encodings():
         enc = make(name, head_dim=64)
@@ -267,6 +280,8 @@ def test_the_registry_is_filled_by_the_classes_own_decorators():
     assert encodings.ALIASES == {
         "liere8": ("liere", {"block_size": 8}),
         "liere64": ("liere", {"block_size": 64}),
+        "rope_mixed_paper": ("liere", {"block_size": 2, "init": "paper", "positions": "official"}),
+        "rope_axial_vjepa2": ("rope_axial", {"theta": 10000.0}),
     }
     with pytest.raises(ValueError, match="'liere8' is already registered"):
         encodings.register_encoding("liere_again", aliases={"liere8": {}})(encodings.LieRE)
