@@ -73,6 +73,13 @@ class DataConfig:
     randaugment: list[int] | None = None  # [num_ops, magnitude 0-30], e.g. [2, 9] (null: off)
     bad_samples: str = "raise"  # a training sample failing to read/verify/decode: raise, or skip (replace it)
     max_bad_samples: int = 100  # with skip: more replaced samples than this on one rank end the run
+    access: str = (
+        "indexed"  # indexed (by position: exact order and resume) or stream (webdataset/DALI readers)
+    )
+    urls: str | None = (
+        None  # stream: shard URL pattern, `{split}` for the split (pipe:, http(s), brace lists)
+    )
+    shuffle_buffer: int = 1000  # stream: samples in the shuffle buffer (per worker; DALI: initial_fill)
 
 
 @dataclass
@@ -184,6 +191,14 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
     _need(d.bad_samples in ("raise", "skip"), "data.bad_samples", d.bad_samples, "expected 'raise' or 'skip'")
     _need(d.max_bad_samples >= 0, "data.max_bad_samples", d.max_bad_samples, "must be >= 0")
+    _need(d.access in ("indexed", "stream"), "data.access", d.access, "expected 'indexed' or 'stream'")
+    stream_ok = d.access == "indexed" or d.backend in ("webdataset", "dali")
+    _need(stream_ok, "data.access", d.access, f"stream needs backend webdataset or dali, not {d.backend!r}")
+    _need(d.urls is None or d.access == "stream", "data.urls", d.urls, "needs data.access=stream")
+    _need(
+        d.urls is None or d.backend == "webdataset", "data.urls", d.urls, "DALI's reader needs local shards"
+    )
+    _need(d.shuffle_buffer >= 0, "data.shuffle_buffer", d.shuffle_buffer, "must be >= 0")
     ra = d.randaugment
     _need(
         ra is None or (len(ra) == 2 and ra[0] >= 1 and 0 <= ra[1] <= 30),

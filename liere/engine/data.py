@@ -16,17 +16,19 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
 
     d = cfg.data
     embedded = d.dataset in list_sources() and not source_class(d.dataset).needs_src
-    if embedded:
+    if _remote(d):
+        from pipelines.loaders.stream import stream_info
+
+        info = stream_info(d.root, d.dataset, [d.train_split, d.val_split], d.urls)
+    elif embedded:
         info = pipelines.ensure_prepared(
             d.dataset, d.root, formats=[_format(d.backend)], rank=denv.rank, world_size=denv.world_size
         )
     else:
         info = pipelines.dataset_info(d.root, d.dataset)
-    loader = pipelines.build_loader(
-        d.backend,
-        root=d.root,
-        dataset=d.dataset,
-        split=d.train_split,
+    loader = _build(
+        d,
+        d.train_split,
         batch_size=d.batch_size,
         train=True,
         image_size=list(cfg.model.img_size),
@@ -47,19 +49,41 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
     return loader, info
 
 
+def _remote(d: DictConfig) -> bool:
+    """Shards named by a URL pattern or under a URL root: only the webdataset stream reads them."""
+    from pipelines.loaders.stream import is_url
+
+    return d.access == "stream" and (bool(d.urls) or is_url(d.root))
+
+
+def _build(d: DictConfig, split: str, **kwargs: Any):
+    """The loader `data.access` asks for: indexed (pipelines.build_loader) or a stream (webdataset, DALI)."""
+    import pipelines
+    from pipelines import paths
+
+    if d.access != "stream":
+        return pipelines.build_loader(d.backend, root=d.root, dataset=d.dataset, split=split, **kwargs)
+    rank, world_size = pipelines.resolve_rank(kwargs.pop("rank"), kwargs.pop("world_size"))
+    kwargs.update(rank=rank, world_size=world_size, shuffle_buffer=d.shuffle_buffer)
+    if d.backend == "dali":
+        from pipelines.loaders.dali_stream import DALIStreamLoader
+
+        return DALIStreamLoader(paths.webdataset_dir(d.root, d.dataset, split), **kwargs)
+    from pipelines.loaders.stream import build_stream_loader
+
+    return build_stream_loader(d.root, d.dataset, split, d.urls, **kwargs)
+
+
 def _format(backend: str) -> str:
     return "ffcv" if backend == "ffcv" else "webdataset"  # DALI reads the webdataset shards
 
 
 def eval_loader(cfg: DictConfig, denv, size: list[int]):
-    import pipelines
 
     d = cfg.data
-    return pipelines.build_loader(
-        d.backend,
-        root=d.root,
-        dataset=d.dataset,
-        split=d.val_split,
+    return _build(
+        d,
+        d.val_split,
         batch_size=d.eval_batch_size or d.batch_size,
         train=False,
         image_size=list(size),

@@ -117,7 +117,7 @@ class DALILoader(Loader):
                     batch_size=self.batch_size,
                     num_threads=max(1, self.workers),
                     device_id=torch.cuda.current_device() if self.gpu else None,
-                    seed=(self.seed * 1000003 + self.rank) % (2**31),
+                    seed=self._pipe_seed(),
                     prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
                 )
                 break
@@ -132,16 +132,21 @@ class DALILoader(Loader):
         pipe.build()
         return pipe
 
+    def _pipe_seed(self) -> int:
+        """The seed of DALI's random ops (and of a stream reader's shuffle): per run and rank."""
+        return (self.seed * 1000003 + self.rank) % (2**31)
+
     def _graph(self):
         """The pipeline's graph (traced by pipeline_def): encoded samples in, the finished batch out."""
         return self._image_graph() if self.info["kind"] == "image" else self._volume_graph()
 
-    def _image_graph(self):
-        """JPEG bytes -> decoded, cropped (random resized in training, center in evaluation), flipped,
-        RandAugment-ed when asked for, normalized float CHW."""
+    def _image_graph(self, enc=None):
+        """JPEG bytes (fed, or `enc`: a reader's output) -> decoded, cropped (random resized in training, center in
+        evaluation), flipped, RandAugment-ed when asked for, normalized float CHW."""
         from nvidia.dali import fn, types
 
-        enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
+        if enc is None:
+            enc = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
         out_type = types.GRAY if self.channels == 1 else types.RGB
         dec = "mixed" if self.gpu else "cpu"
         h, w = self.image_size
@@ -173,13 +178,15 @@ class DALILoader(Loader):
             std=[s * 255.0 for s in self.info["std"]],
         )
 
-    def _volume_graph(self):
-        """npy volumes (C, D, H, W) -> random crop and flip (training) or resize and center crop (evaluation),
-        as transforms.volume_transform does; normalized by the base class."""
+    def _volume_graph(self, vol=None):
+        """npy volumes (C, D, H, W; fed, or `vol`: decoded from a reader's output) -> random crop and flip
+        (training) or resize and center crop (evaluation), as transforms.volume_transform does; normalized by the
+        base class."""
         from nvidia.dali import fn, types
 
         dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
-        vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
+        if vol is None:
+            vol = fn.external_source(name="data", dtype=dtype, ndim=4, layout="CDHW")
         if dtype == types.FLOAT16:
             vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
         if self.gpu:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,21 @@ def verify_shards(split_dir: str | os.PathLike, manifest: dict[str, Any], checks
             )
         if checksums and sha256_file(path) != shard["sha256"]:
             raise DataError(f"{path}: sha256 differs from the manifest (corrupt or replaced)")
+
+
+def read_manifest_url(url: str | os.PathLike) -> dict[str, Any]:
+    """A manifest from a local path or any URL webdataset opens (`pipe:` commands, http(s), ...), through the
+    same scheme as the shards beside it; DataError naming the URL when it cannot be read."""
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", str(url)) or os.path.exists(url):
+        return read_manifest(url)
+    from webdataset.gopen import gopen
+
+    try:
+        with gopen(str(url), "rb") as f:
+            manifest = json.loads(f.read())
+    except Exception as exc:  # gopen raises OSError, IOError or a pipe's exit status
+        raise DataError(f"{url}: cannot read the manifest through webdataset's gopen ({exc})") from exc
+    for key in ("name", "split", "num_samples", "classes", "kind", "shardlist"):
+        if key not in manifest:
+            raise DataError(f"{url}: manifest lacks the key {key!r}")
+    return manifest
