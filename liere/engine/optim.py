@@ -94,7 +94,13 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 def lr_factor(
-    step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float, warmup_ratio: float = 0.0
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: str,
+    min_ratio: float,
+    *,
+    warmup_ratio: float = 0.0,
 ) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based). Warmup rises
     linearly: from ``warmup_ratio`` at step 0 when given (timm's ``warmup_lr``, DeiT's 1e-6), else
@@ -115,7 +121,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, war
     lambdas = [
         (
             lambda step, s=g["lr_scale"]: (
-                s * lr_factor(step, total_steps, warmup_steps, cfg.schedule, min_ratio, warmup_ratio)
+                s
+                * lr_factor(
+                    step, total_steps, warmup_steps, cfg.schedule, min_ratio, warmup_ratio=warmup_ratio
+                )
             )
         )
         for g in optimizer.param_groups

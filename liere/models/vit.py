@@ -45,6 +45,15 @@ def _spatial_sizes(
     return img, to_ntuple(patch_size, len(img), "patch_size")
 
 
+def _check_options(global_pool: str, init: str, layer_scale: float | None) -> None:
+    if global_pool not in POOLS:
+        raise ValueError(f"global_pool {global_pool!r}: expected one of {POOLS}")
+    if init not in INITS:
+        raise ValueError(f"init {init!r}: expected one of {INITS}")
+    if layer_scale is not None and not layer_scale > 0:
+        raise ValueError(f"layer_scale {layer_scale!r}: expected a positive initial gain or None")
+
+
 class VisionTransformer(nn.Module):
     """Pre-norm ViT with patch or tubelet embedding, class-token or mean pooling, stochastic depth.
 
@@ -81,12 +90,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.img_size, self.patch_size = _spatial_sizes(img_size, patch_size)
         n = len(self.img_size)
-        if global_pool not in POOLS:
-            raise ValueError(f"global_pool {global_pool!r}: expected one of {POOLS}")
-        if init not in INITS:
-            raise ValueError(f"init {init!r}: expected one of {INITS}")
-        if layer_scale is not None and not layer_scale > 0:
-            raise ValueError(f"layer_scale {layer_scale!r}: expected a positive initial gain or None")
+        _check_options(global_pool, init, layer_scale)
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
         self.grad_checkpointing = grad_checkpointing
 
@@ -114,10 +118,15 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate) if head_drop else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init = init
+        self._initialise(init)
+
+    def _initialise(self, init: str) -> None:
+        """``trunc_normal``: timm/DeiT's; ``official``: the modules keep PyTorch's own initialisation,
+        the class token and an APE table are N(0, 1) (official ``models/vit.py:174-177``)."""
         if init == "trunc_normal":
-            self.apply(self._init_weights)  # "official": the modules keep PyTorch's own initialisation
+            self.apply(self._init_weights)
         elif isinstance(getattr(self.encoding, "pos_embed", None), nn.Parameter):
-            nn.init.normal_(self.encoding.pos_embed, std=1.0)  # official APE: torch.randn (models/vit.py:174)
+            nn.init.normal_(self.encoding.pos_embed, std=1.0)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02 if init == "trunc_normal" else 1.0)
 

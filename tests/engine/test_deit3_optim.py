@@ -75,9 +75,11 @@ def test_bce_binarizes_mixed_targets():
 def test_warmup_from_a_floor():
     """timm's warmup: warmup_lr at step 0, linear to lr at the end of the warmup (DeiT --warmup-lr 1e-6)."""
     lr, floor, warm = 4e-3, 1e-6, 10
-    assert lr * lr_factor(0, 100, warm, "cosine", 0.0, floor / lr) == pytest.approx(floor)
-    assert lr * lr_factor(5, 100, warm, "cosine", 0.0, floor / lr) == pytest.approx(floor + (lr - floor) / 2)
-    assert lr_factor(warm, 100, warm, "cosine", 0.0, floor / lr) == pytest.approx(1.0)
+    assert lr * lr_factor(0, 100, warm, "cosine", 0.0, warmup_ratio=floor / lr) == pytest.approx(floor)
+    assert lr * lr_factor(5, 100, warm, "cosine", 0.0, warmup_ratio=floor / lr) == pytest.approx(
+        floor + (lr - floor) / 2
+    )
+    assert lr_factor(warm, 100, warm, "cosine", 0.0, warmup_ratio=floor / lr) == pytest.approx(1.0)
     assert lr_factor(0, 100, warm, "cosine", 0.0) == pytest.approx(1 / warm)  # the former rule unchanged
     cfg = OmegaConf.create(dict(lr=lr, min_lr=1e-5, warmup_lr=floor, schedule="cosine"))
     p = torch.nn.Parameter(torch.zeros(1))
