@@ -1,6 +1,8 @@
 """Compare position encodings: every (encoding, seed) trained, evaluated and reported as one sweep.
 
     python launch/compare.py configs/compass2d.yaml --encodings ape,rope_mixed,liere8,liere64,string --seeds 3
+    python launch/compare.py configs/compass2d.yaml --seeds 3 \
+        --encodings liere8,string,string_circulant,comrope_ap,comrope_ld,rope_mixed_ape,rope_mixed_paper
     python launch/compare.py configs/compass2d.yaml --encodings liere64 --seeds 3 \\
         --variant "liere64-sparse:model.encoding=liere64,sparsity.weight=1e-3"
     python launch/compare.py configs/imagenet/deit3_vit_s.yaml --encodings ape,liere8 --seeds 3 \\
