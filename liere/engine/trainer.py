@@ -133,17 +133,6 @@ def binary_cross_entropy(logits: torch.Tensor, batch: dict, device) -> torch.Ten
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def binary_cross_entropy(logits: torch.Tensor, batch: dict, device) -> torch.Tensor:
-    """DeiT III's loss (``--bce-loss``): BCE-with-logits, averaged over samples and classes, on the
-    targets made binary, every class with a positive mixed weight a 1 (``engine.py:43-44``,
-    ``targets.gt(0.0)``); one-hot labels when the loader does not mix."""
-    if "target" in batch:
-        target = batch["target"].to(device).gt(0.0).to(logits.dtype)
-    else:
-        target = F.one_hot(batch["label"].to(device), logits.shape[-1]).to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
 def build_criterion(cfg: DictConfig):
     """The loss, chosen once: ``optim.loss=bce`` (DeiT III), else soft targets when the loader mixes
     (its targets carry the label smoothing), else cross-entropy with ``optim.label_smoothing``."""
