@@ -24,6 +24,20 @@ log = logging.getLogger(__name__)
 FORMATS = ("webdataset", "ffcv")
 
 
+# what dataset_info takes from a split's manifest (the stream loaders read the same from a URL)
+INFO_KEYS = (
+    "name",
+    "kind",
+    "num_classes",
+    "classes",
+    "channels",
+    "spatial_rank",
+    "native_size",
+    "mean",
+    "std",
+)
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -315,18 +329,7 @@ def dataset_info(root: str | os.PathLike, dataset: str) -> dict[str, Any]:
             f"{base}: no prepared split (no manifest.json); run launch/prepare_data.py {dataset} first"
         )
     first = manifests.get("train") or next(iter(manifests.values()))
-    keys = (
-        "name",
-        "kind",
-        "num_classes",
-        "classes",
-        "channels",
-        "spatial_rank",
-        "native_size",
-        "mean",
-        "std",
-    )
-    info = {k: first[k] for k in keys}
+    info = {k: first[k] for k in INFO_KEYS}
     info["splits"] = {s: m["num_samples"] for s, m in manifests.items()}
     info["formats"] = sorted(
         {"webdataset" for _ in base.glob("webdataset/*/manifest.json")}

@@ -160,15 +160,19 @@ class Loader:
         self._positions_cache = (epoch, pos)
         return pos
 
+    def _rank_samples(self) -> int:
+        """Samples this rank reads per epoch, before batching (the stream loaders count them otherwise)."""
+        return len(self.positions())
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        n = len(self.positions())
+        n = self._rank_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     @property
     def num_samples(self) -> int:
         """Samples per epoch on this rank (after dropping an incomplete last batch in training)."""
-        n = len(self.positions())
+        n = self._rank_samples()
         return (n // self.batch_size) * self.batch_size if self.drop_last else n
 
     def set_epoch(self, epoch: int) -> None:

@@ -78,15 +78,6 @@ class DALIStreamLoader(DALILoader):
         s = self._shard(self.epoch)
         return n * (s + 1) // w - n * s // w  # DALI's contiguous shard
 
-    def __len__(self) -> int:
-        n = self._rank_samples()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        n = self._rank_samples()
-        return (n // self.batch_size) * self.batch_size if self.drop_last else n
-
     def positions(self, epoch: int | None = None) -> np.ndarray:
         raise NotImplementedError("a stream has no per-position order; see num_samples and len()")
 

@@ -83,22 +83,12 @@ def split_source(
 
 def stream_info(root: str, dataset: str, splits: list[str], urls: str | None = None) -> dict[str, Any]:
     """pipelines.dataset_info for shards anywhere webdataset reads: from the splits' manifests alone."""
+    from pipelines.prepare import INFO_KEYS
     from pipelines.shards.manifest import read_manifest_url
 
     manifests = {s: read_manifest_url(split_source(root, dataset, s, urls)[1]) for s in splits}
     first = manifests[splits[0]]
-    keys = (
-        "name",
-        "kind",
-        "num_classes",
-        "classes",
-        "channels",
-        "spatial_rank",
-        "native_size",
-        "mean",
-        "std",
-    )
-    info = {k: first[k] for k in keys}
+    info = {k: first[k] for k in INFO_KEYS}
     info["splits"] = {s: m["num_samples"] for s, m in manifests.items()}
     info["formats"] = ["webdataset"]
     return info
@@ -281,15 +271,6 @@ class StreamLoader(Loader):
         if self.resampled:
             return n // w
         return sum(self.counts[s] for s in self.plan(self.epoch))
-
-    def __len__(self) -> int:
-        n = self._rank_samples()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        n = self._rank_samples()
-        return (n // self.batch_size) * self.batch_size if self.drop_last else n
 
     def plan(self, epoch: int) -> list[int]:
         if epoch not in self._plans:
