@@ -93,6 +93,7 @@ class EvalData:
         view = OmegaConf.create({
             "data": {
                 "dataset": self.dataset, "root": self.root, "val_split": self.split, "backend": self.backend,
+                "access": "indexed",  # the prepared local shards of the run's data set
                 "batch_size": self.batch_size, "eval_batch_size": self.batch_size, "workers": self.workers,
                 "eval_crop_ratio": self.crop_ratio,
             },
