@@ -32,15 +32,25 @@ liere_procs_per_node() {
 }
 
 # The rendezvous: the job's first node, at a port derived from the job id (the same after a
-# requeue, distinct for jobs sharing a node). Node names that do not resolve (a one-machine test
-# cluster) mean every "node" is this machine: loopback.
+# requeue, distinct for jobs sharing a node). A node name that does not resolve is replaced by the
+# address Slurm has for it (NodeAddr; 127.0.0.1 in the one-machine test cluster); a multi-node job
+# with neither stops here, where it would otherwise hang at the rendezvous.
 liere_rendezvous() {
-    local hosts
+    local hosts addr
     mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
     MASTER_ADDR=${hosts[0]}
     if ! getent hosts "$MASTER_ADDR" >/dev/null; then
-        liere_log "node name $MASTER_ADDR does not resolve: rendezvous on 127.0.0.1"
-        MASTER_ADDR=127.0.0.1
+        addr=$(scontrol show node "$MASTER_ADDR" -o 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+        if [[ -n $addr ]] && getent hosts "$addr" >/dev/null; then
+            liere_log "node name $MASTER_ADDR does not resolve: rendezvous on its NodeAddr $addr"
+            MASTER_ADDR=$addr
+        elif ((${SLURM_JOB_NUM_NODES:-1} > 1)); then
+            liere_log "error: node name $MASTER_ADDR does not resolve and Slurm has no address for it: set MASTER_ADDR"
+            exit 2
+        else
+            liere_log "node name $MASTER_ADDR does not resolve: rendezvous on 127.0.0.1"
+            MASTER_ADDR=127.0.0.1
+        fi
     fi
     MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
     export MASTER_ADDR MASTER_PORT

@@ -53,8 +53,29 @@ def expand_hostlist(nodes: str) -> list[str]:
     return names
 
 
+def _node_addr(name: str) -> str | None:
+    """The NodeAddr Slurm has for node ``name`` (its address where the name does not resolve)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "node", name, "-o"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\bNodeAddr=(\S+)", out)
+    return found.group(1) if found else None
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.gethostbyname(host)
+        return True
+    except (OSError, UnicodeError):
+        return False
+
+
 def slurm_master_addr() -> str:
-    """The first node of the job; loopback only where a one-node job's names do not resolve."""
+    """The first node of the job: its name, else the address Slurm knows it by (NodeAddr); a one-node
+    job whose name does not resolve meets on loopback, a multi-node one is an error (never a hang)."""
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     try:
         first = subprocess.run(
@@ -62,16 +83,17 @@ def slurm_master_addr() -> str:
         ).stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         first = (expand_hostlist(nodes) or [""])[0]  # containers: no scontrol
-    try:
-        socket.gethostbyname(first)
+    if _resolves(first):
         return first
-    except (OSError, UnicodeError):
-        if int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or "1") > 1:
-            raise DeviceError(
-                f"the first node of SLURM_JOB_NODELIST={nodes!r}, {first!r}, does not resolve: the ranks of "
-                "a multi-node job cannot meet there; set MASTER_ADDR to its address"
-            ) from None
-        return "127.0.0.1"  # node names that do not resolve on one machine (the test cluster)
+    addr = _node_addr(first)
+    if addr and _resolves(addr):
+        return addr
+    if int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or "1") > 1:
+        raise DeviceError(
+            f"the first node of SLURM_JOB_NODELIST={nodes!r}, {first!r}, does not resolve and Slurm gives no "
+            "address for it: the ranks of a multi-node job cannot meet there; set MASTER_ADDR to its address"
+        )
+    return "127.0.0.1"
 
 
 def discover() -> DistEnv:
