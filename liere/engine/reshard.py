@@ -25,7 +25,7 @@ from liere.engine import distributed
 from liere.engine.checkpoint import CheckpointError
 from liere.engine.config import ConfigError
 
-CONVERTED = "CONVERTED"  # marker of a finished conversion: the source tag and world size
+CONVERTED = "CONVERTED"  # marker of a finished conversion (it names the source folder)
 
 
 @dataclass
