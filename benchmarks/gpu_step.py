@@ -57,7 +57,7 @@ def attention_kernel(device: torch.device, heads: int, tokens: int, head_dim: in
     return "none"
 
 
-def measure(model_name: str, encoding: str, batch: int, size: int, steps: int, device) -> dict:
+def measure(model_name: str, encoding: str, *, batch: int, size: int, steps: int, device) -> dict:
     torch.manual_seed(0)
     model = liere.create_model(model_name, encoding=encoding, img_size=size, num_classes=1000).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -125,7 +125,7 @@ def main() -> None:
     rows = []
     for model_name, batch in zip(args.models, args.batch * len(args.models), strict=False):
         for encoding in args.encodings:
-            row = measure(model_name, encoding, batch, args.size, args.steps, device)
+            row = measure(model_name, encoding, batch=batch, size=args.size, steps=args.steps, device=device)
             row["mfu"] = row["train_tflops_per_s"] / peak if peak else None
             rows.append(row)
             mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"

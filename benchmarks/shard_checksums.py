@@ -63,7 +63,7 @@ def time_reads(split_dir: Path, verify: bool) -> float:
     return len(reader) / (time.perf_counter() - t0)
 
 
-def time_loader(backend: str, root: Path, name: str, size: int, batch: int, verify: bool = True) -> float:
+def time_loader(backend: str, root: Path, name: str, size: int, batch: int, *, verify: bool = True) -> float:
     loader = build_loader(backend=backend, root=str(root), dataset=name, split="train", batch_size=batch,
                           train=True, image_size=size, workers=0 if backend == "webdataset" else 1)  # fmt: skip
     if not verify:
