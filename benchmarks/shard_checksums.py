@@ -82,8 +82,8 @@ def best(fn, reps: int) -> tuple[float, float]:
     """Best samples/s of verified and unverified runs, alternated."""
     on, off = [], []
     for _ in range(reps):
-        on.append(fn(True))
-        off.append(fn(False))
+        on.append(fn(verify=True))
+        off.append(fn(verify=False))
     return max(on), max(off)
 
 
