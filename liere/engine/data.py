@@ -57,21 +57,14 @@ def _remote(d: DictConfig) -> bool:
 
 
 def _build(d: DictConfig, split: str, **kwargs: Any):
-    """The loader `data.access` asks for: indexed (pipelines.build_loader) or a stream (webdataset, DALI)."""
+    """The loader `data.access` asks for: indexed or a stream (webdataset, DALI), by pipelines.build_loader."""
     import pipelines
-    from pipelines import paths
 
-    if d.access != "stream":
-        return pipelines.build_loader(d.backend, root=d.root, dataset=d.dataset, split=split, **kwargs)
-    rank, world_size = pipelines.resolve_rank(kwargs.pop("rank"), kwargs.pop("world_size"))
-    kwargs.update(rank=rank, world_size=world_size, shuffle_buffer=d.shuffle_buffer)
-    if d.backend == "dali":
-        from pipelines.loaders.dali_stream import DALIStreamLoader
-
-        return DALIStreamLoader(paths.webdataset_dir(d.root, d.dataset, split), **kwargs)
-    from pipelines.loaders.stream import build_stream_loader
-
-    return build_stream_loader(d.root, d.dataset, split, d.urls, **kwargs)
+    if d.access == "stream":
+        kwargs.update(shuffle_buffer=d.shuffle_buffer, urls=d.urls)
+    return pipelines.build_loader(
+        d.backend, root=d.root, dataset=d.dataset, split=split, access=d.access, **kwargs
+    )
 
 
 def _format(backend: str) -> str:
