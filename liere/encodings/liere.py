@@ -23,7 +23,10 @@ from liere.encodings.base import AngleRotation, BlockRotation, RotaryEncoding, R
 from liere.encodings.expm import skew_expm
 from liere.encodings.registry import register_encoding
 
-INITS = ("paper", "small")
+INITS = ("paper", "grid", "small")
+# ``init: grid`` turns by as much per patch step on any training grid as ``init: paper`` does on
+# ImageNet's 14 x 14 grid (224 px, patch 16) under the proportional scheme: one step is 1/13 there
+GRID_REFERENCE_STEP = 1.0 / 13
 SHARING = (None, "official")
 PAPER_ROPE_MIXED = {"block_size": 2, "init": "paper", "positions": "official"}
 
@@ -78,8 +81,20 @@ class LieRE(RotaryEncoding):
         with torch.no_grad():
             if self.init == "paper":  # the paper's U[0, 2 pi): large norms, many windings per grid
                 self.upper.uniform_(0.0, 2 * math.pi)
+            elif self.init == "grid":  # the paper's draw, scaled per axis to the ImageNet step
+                self.upper.uniform_(0.0, 2 * math.pi)
+                self.upper.mul_(self._grid_scale().view(-1, 1, 1, 1, 1))
             else:  # N(0, 1/g): spectral norm about 2 whatever the block size
                 self.upper.normal_(0.0, 1.0 / math.sqrt(self.block_size))
+
+    def _grid_scale(self) -> Tensor:
+        """Per axis: the reference step (1/13) over one patch step of the training grid."""
+        from liere.encodings.angles import axis_steps
+
+        if self.grid_shape is None:
+            raise ValueError("liere: init 'grid' scales the generators to the training grid; pass grid_shape")
+        steps = axis_steps(self.position_scheme, self.grid_shape, self.grid_shape)
+        return torch.tensor([GRID_REFERENCE_STEP / s for s in steps], dtype=self.upper.dtype)
 
     def skew(self, upper: Tensor) -> Tensor:
         """Strict upper triangles (..., g(g-1)/2) -> skew-symmetric blocks (..., g, g)."""

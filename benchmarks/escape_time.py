@@ -1,0 +1,223 @@
+"""When does each encoding leave the chance plateau? Escape times over seeds (issue: LieRE stalls).
+
+    python benchmarks/escape_time.py                       # the default study, resumable
+    python benchmarks/escape_time.py --arms liere8_paper,rope_mixed --seeds 6 --budget 2976
+    python benchmarks/escape_time.py --report              # table + plot from what is done
+
+Every (arm, seed) trains the config's model on the config's data from scratch with the engine's own
+parts (model factory, parameter groups, AdamW, warmup + cosine schedule, gradient clip, the data
+set's normalisation) in one process without DeepSpeed or loader workers: one rank in fp32 is what
+the compass configs run, and leaving DeepSpeed out makes a 1000-step run a minute on one core.
+Validation top-1 on the whole val split every ``--eval-every`` steps; the **escape step** is the
+first evaluation at or above ``--threshold`` (50%); a run that never gets there within ``--budget``
+steps has not escaped. A run stops ``--after`` steps past its escape (its top-1 then is reported).
+
+Results go to ``benchmarks/results/escape_time/<study>.jsonl``, one line per finished run; a rerun
+skips what is there, so the study can be stopped and resumed. ``--report`` writes ``<study>.md`` and
+``<study>.png`` (escape-step distribution per arm; never-escaped runs drawn at the budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from liere.engine.config import load_config
+from liere.engine.data import model_spec
+from liere.engine.optim import build_optimizer, build_scheduler
+from liere.models import create_model
+
+# arm name -> config overrides; every LieRE arm keeps the config's block size unless it names one
+ARMS = {
+    "liere8_paper": ["model.encoding=liere8", "model.encoding_options.init=paper"],
+    "liere8_grid": ["model.encoding=liere8", "model.encoding_options.init=grid"],
+    "liere8_small": ["model.encoding=liere8", "model.encoding_options.init=small"],
+    "liere64_paper": ["model.encoding=liere64", "model.encoding_options.init=paper"],
+    "liere64_grid": ["model.encoding=liere64", "model.encoding_options.init=grid"],
+    "liere64_small": ["model.encoding=liere64", "model.encoding_options.init=small"],
+    "rope_mixed": ["model.encoding=rope_mixed"],
+    "string": ["model.encoding=string"],
+    "ape": ["model.encoding=ape"],
+}
+DEFAULT_ARMS = "liere8_paper,liere8_grid,liere8_small,rope_mixed,string"
+RESULTS = Path(__file__).resolve().parent / "results" / "escape_time"
+
+
+def split_arrays(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole embedded split as normalised float32 (N, C, H, W) and int64 labels."""
+    from pipelines.sources import source_class
+
+    src = source_class(cfg.data.dataset)()
+    samples = [src.get(split, i) for i in range(src.num_samples(split))]
+    x = torch.from_numpy(np.stack([s.data for s in samples])).float()
+    if x.dim() == 4 and x.shape[-1] == src.channels:  # images are HWC
+        x = x.permute(0, 3, 1, 2)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean, std = torch.tensor(src.mean).view(shape), torch.tensor(src.std).view(shape)
+    return (x - mean) / std, torch.tensor([s.label for s in samples], dtype=torch.int64)
+
+
+@torch.no_grad()
+def top1(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    hits = sum(
+        int((model(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
+    )
+    model.train()
+    return 100.0 * hits / len(x)
+
+
+def train_one(cfg, data: dict, *, budget: int, eval_every: int, threshold: float, after: int) -> dict:
+    """One run: the validation curve, the escape step (None: never), the top-1 where it stopped."""
+    torch.manual_seed(cfg.train.seed)
+    info = {"channels": data["train"][0].shape[1], "num_classes": int(data["train"][1].max()) + 1,
+            "spatial_rank": data["train"][0].dim() - 2}  # fmt: skip
+    spec = model_spec(cfg, info)
+    model = create_model(spec["name"], **spec["kwargs"])
+    opt = build_optimizer(model, cfg.optim)
+    x, y = data["train"]
+    steps_per_epoch = len(x) // cfg.data.batch_size
+    sched = build_scheduler(opt, cfg.optim, budget, round(cfg.optim.warmup_epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    curve, escape, step, t0 = [], None, 0, time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    while step < budget and (escape is None or step < escape + after):
+        for idx in torch.randperm(len(x), generator=gen)[: steps_per_epoch * cfg.data.batch_size].view(
+            steps_per_epoch, -1
+        ):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            if step % eval_every == 0 or step == budget:
+                acc = top1(model, *data["val"])
+                curve.append([step, round(acc, 2), round(float(loss.detach()), 4)])
+                if escape is None and acc >= threshold:
+                    escape = step
+            if step >= budget or (escape is not None and step >= escape + after):
+                break
+    return {"escape_step": escape, "final_top1": curve[-1][1], "steps": step, "curve": curve,
+            "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+
+
+def run_study(args) -> Path:
+    out = RESULTS / f"{args.study}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["arm"], r["seed"]) for r in _read(out)}
+    base = load_config(args.config, [f"train.seed={0}"])
+    data = {s: split_arrays(base, s) for s in (base.data.train_split, base.data.val_split)}
+    data = {"train": data[base.data.train_split], "val": data[base.data.val_split]}
+    for seed in range(args.seeds):  # seed-major: a stopped study has every arm at similar depth
+        for arm in args.arms.split(","):
+            if (arm, seed) in done:
+                continue
+            cfg = load_config(args.config, [*ARMS[arm], f"train.seed={seed}", *args.override])
+            res = train_one(cfg, data, budget=args.budget, eval_every=args.eval_every,
+                            threshold=args.threshold, after=args.after)  # fmt: skip
+            row = {"arm": arm, "seed": seed, "config": str(args.config), "overrides": [*ARMS[arm], *args.override],
+                   "budget": args.budget, "threshold": args.threshold, **res}  # fmt: skip
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"{arm} seed {seed}: escape {res['escape_step']} top-1 {res['final_top1']} ({res['wall_s']} s)",
+                flush=True,
+            )
+    return out
+
+
+def _read(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per arm: runs, share escaped, escape-step quartiles over the escaped runs."""
+    arms: dict[str, list[dict]] = {}
+    for r in rows:
+        arms.setdefault(r["arm"], []).append(r)
+    out = []
+    for arm, rs in arms.items():
+        esc = sorted(r["escape_step"] for r in rs if r["escape_step"] is not None)
+        q = np.percentile(esc, [25, 50, 75]).tolist() if esc else [math.nan] * 3
+        out.append({"arm": arm, "runs": len(rs), "escaped": len(esc), "q25": q[0], "median": q[1], "q75": q[2],
+                    "max": max(esc) if esc else math.nan, "steps": sorted(r["escape_step"] or -1 for r in rs)})  # fmt: skip
+    return out
+
+
+def write_report(study: str) -> Path:
+    rows = _read(RESULTS / f"{study}.jsonl")
+    if not rows:
+        raise SystemExit(f"no results in {RESULTS / (study + '.jsonl')}")
+    summary = summarize(rows)
+    budget = max(r["budget"] for r in rows)
+    lines = [f"# Escape times: {study}", "",
+             f"Step at which validation top-1 first reaches {rows[0]['threshold']:.0f}% (budget {budget} steps; "
+             "-1: never within it).", "",
+             "| arm | runs | escaped | escape step q25 / median / q75 | max | every run |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for s in summary:
+        lines.append(f"| {s['arm']} | {s['runs']} | {s['escaped']}/{s['runs']} | {s['q25']:.0f} / {s['median']:.0f} / "
+                     f"{s['q75']:.0f} | {s['max']:.0f} | {', '.join(map(str, s['steps']))} |")  # fmt: skip
+    md = RESULTS / f"{study}.md"
+    md.write_text("\n".join(lines) + "\n")
+    _plot(summary, budget, RESULTS / f"{study}.png")
+    print("\n".join(lines))
+    return md
+
+
+def _plot(summary: list[dict], budget: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(summary) + 1.5))
+    for i, s in enumerate(summary):
+        steps = [v if v >= 0 else budget for v in s["steps"]]
+        colours = ["tab:blue" if v >= 0 else "tab:red" for v in s["steps"]]
+        ax.scatter(steps, [i] * len(steps), c=colours, alpha=0.7)
+    ax.set_yticks(range(len(summary)), [s["arm"] for s in summary])
+    ax.axvline(budget, color="grey", ls=":", lw=1)
+    ax.set_xlabel(
+        "optimizer step at which val top-1 first reaches the threshold (red: never, drawn at the budget)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/compass2d.yaml")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--seeds", type=int, default=6)
+    p.add_argument("--budget", type=int, default=2976, help="optimizer steps (cosine over this many)")
+    p.add_argument("--eval-every", type=int, default=31)
+    p.add_argument("--threshold", type=float, default=50.0)
+    p.add_argument("--after", type=int, default=124, help="steps to keep training past the escape")
+    p.add_argument("--study", default="compass2d")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only write the report of what is done")
+    p.add_argument("override", nargs="*", help="extra config overrides for every arm (key=value)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.report:
+        run_study(args)
+    write_report(args.study)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
