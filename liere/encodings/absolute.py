@@ -16,6 +16,15 @@ from liere.encodings.registry import register_encoding
 _INTERPOLATION = {1: "linear", 2: "bicubic", 3: "trilinear"}
 
 
+def resample_table(table: Tensor, grid_from: Sequence[int], grid_to: Sequence[int]) -> Tensor:
+    """An APE table (1, N, D) of ``grid_from`` resampled to ``grid_to`` (linear / bicubic / trilinear
+    by the number of axes, ``align_corners=False`` as DeiT's ``--finetune`` interpolation)."""
+    table_in = table.reshape(1, *grid_from, -1).movedim(-1, 1)  # (1, D, *grid_from)
+    mode = _INTERPOLATION[len(grid_from)]
+    out = F.interpolate(table_in.float(), size=tuple(grid_to), mode=mode, align_corners=False)
+    return out.flatten(2).transpose(1, 2).to(table.dtype)  # (1, N', D)
+
+
 @register_encoding("ape")
 class LearnedAPE(PositionEncoding):
     """One learned vector per cell of the training grid (Dosovitskiy et al., ICLR 2021).
@@ -38,10 +47,7 @@ class LearnedAPE(PositionEncoding):
             return self.pos_embed
         if len(grid_shape) != self.num_axes:
             raise ValueError(f"grid {grid_shape} has {len(grid_shape)} axes; encoding has {self.num_axes}")
-        table = self.pos_embed.reshape(1, *self.grid_shape, -1).movedim(-1, 1)  # (1, D, *grid)
-        mode = _INTERPOLATION[self.num_axes]
-        table = F.interpolate(table.float(), size=grid_shape, mode=mode, align_corners=False)
-        return table.flatten(2).transpose(1, 2).to(self.pos_embed.dtype)
+        return resample_table(self.pos_embed, self.grid_shape, grid_shape)
 
     def embed(self, tokens: Tensor, grid_shape: Sequence[int]) -> Tensor:
         return tokens + self.table(grid_shape).to(tokens.dtype)
