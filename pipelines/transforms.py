@@ -159,6 +159,15 @@ def mix_batch(
 
 # ---- 3-Augment (DeiT III: Touvron, Cord and Jegou, ECCV 2022; facebookresearch/deit augment.py) ----
 THREE_AUGMENT_OPS = ("grayscale", "solarize", "blur")
+AUGMENT_STREAM = (
+    0x3A4A  # the stream of 3-Augment and colour jitter draws, apart from the crop's and RandAugment's
+)
+
+
+def augment_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
+    """The generator of one sample's 3-Augment and colour jitter: keyed like the crop, by (seed, epoch, key), where
+    key is the sample's position, or with repeated augmentation its slot (Loader.sample_keys: each copy its own)."""
+    return np.random.default_rng([seed, epoch, key, AUGMENT_STREAM])
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -216,3 +225,13 @@ def three_augment(
     if color_jitter_strength > 0:
         x = color_jitter(x, color_jitter_strength, rng)
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def pixel_augment(img: torch.Tensor, rng: np.random.Generator, *, three: bool, jitter: float) -> torch.Tensor:
+    """The colour stage after crop, flip and RandAugment on one uint8 (C, H, W) image: 3-Augment followed by colour
+    jitter of strength ``jitter`` (``three``), or the jitter alone; the image itself when both are off."""
+    if three:
+        return three_augment(img, rng, jitter)
+    if jitter <= 0:
+        return img
+    return color_jitter(img.to(torch.float32), jitter, rng).round_().clamp_(0, 255).to(torch.uint8)

@@ -17,6 +17,7 @@ import torch
 
 from pipelines import transforms as T
 from pipelines.loaders.bad_samples import DEFAULT_MAX_BAD_SAMPLES, BadSamplePolicy
+from pipelines.loaders.repeated import repeated_positions
 from pipelines.randaugment import parse_randaugment
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Loader:
         crop_scale: tuple[float, float] = (0.08, 1.0),
         workers: int | None = None,
         randaugment: list[int] | tuple[int, int] | None = None,
+        repeated_aug: int = 1,
+        three_augment: bool = False,
+        color_jitter: float = 0.0,
         flip: bool = True,
         bad_samples: str = "raise",
         max_bad_samples: int = DEFAULT_MAX_BAD_SAMPLES,
@@ -108,7 +112,7 @@ class Loader:
         self.crop_scale = tuple(crop_scale)
         # random left-right flips in training (off where labels know left from right)
         self.flip = bool(flip) and self.train
-        self.randaugment = self._randaugment(randaugment)
+        self._augment_options(randaugment, repeated_aug, three_augment, color_jitter)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)
@@ -128,11 +132,38 @@ class Loader:
     def bad_sample_policy(self) -> str:
         return self.bad_policy.policy
 
+    def _augment_options(
+        self, randaugment: list[int] | tuple[int, int] | None, repeats: int, three: bool, jitter: float
+    ) -> None:
+        """RandAugment, repeated augmentation (copies per sample, loaders/repeated.py), 3-Augment and colour jitter
+        (transforms.py): each a ValueError naming it when wrong; evaluation uses none of them."""
+        self.randaugment = self._randaugment(randaugment)
+        if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
+            raise ValueError(
+                f"repeated_aug must be an integer >= 1 (copies of each sample per epoch), got {repeats!r}"
+            )
+        if not 0 <= float(jitter) <= 1:
+            raise ValueError(
+                f"color_jitter must be in [0, 1] (brightness/contrast/saturation strength), got {jitter!r}"
+            )
+        self.repeated_aug = int(repeats) if self.train else 1
+        self.three_augment = bool(three) and self.train
+        self.color_jitter = float(jitter) if self.train else 0.0
+        if (self.three_augment or self.color_jitter > 0) and not self._is_2d_image():
+            name = "three_augment" if self.three_augment else "color_jitter"
+            raise ValueError(
+                f"{name} is defined on 2D images ({self.backend} backend); {self.info.get('name')} holds "
+                f"{self.info.get('kind')}s with {self.spatial_rank} spatial axes: leave {name} off for it"
+            )
+
+    def _is_2d_image(self) -> bool:
+        return self.info.get("kind") == "image" and self.spatial_rank == 2
+
     def _randaugment(self, randaugment: list[int] | tuple[int, int] | None) -> tuple[int, int] | None:
         """(num_ops, magnitude) in training, None in evaluation (which never augments); a ValueError for a
         bad setting, and for training on 3D volumes and video, which have no RandAugment."""
         ra = parse_randaugment(randaugment)
-        if ra is not None and self.train and (self.info.get("kind") != "image" or self.spatial_rank != 2):
+        if ra is not None and self.train and not self._is_2d_image():
             name = self.info.get("name", "this data set")
             raise ValueError(
                 f"randaugment is defined on 2D images ({self.backend} backend); {name} holds "
@@ -148,17 +179,28 @@ class Loader:
         cached = self._positions_cache
         if cached is not None and cached[0] == epoch:
             return cached[1]
-        pos = epoch_positions(
-            self.num_samples_total,
-            epoch=epoch,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            shuffle=self.shuffle,
-            drop_uneven=self.drop_last,
-        )
+        where = dict(epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size)
+        if self.repeated_aug > 1:  # training only: each sample of the permutation read repeated_aug times
+            pos = repeated_positions(self.num_samples_total, **where, repeats=self.repeated_aug)
+        else:
+            pos = epoch_positions(
+                self.num_samples_total, **where, shuffle=self.shuffle, drop_uneven=self.drop_last
+            )
         self._positions_cache = (epoch, pos)
         return pos
+
+    def sample_keys(self, epoch: int | None = None) -> np.ndarray:
+        """The augmentation key of each sample positions(epoch) lists, which seeds its crop, flip, RandAugment and
+        colour draws with (seed, epoch, key): the position itself; with repeated augmentation the sample's slot in
+        the epoch's repeated order (rank + world_size * i), so every copy of a sample is augmented differently."""
+        pos = self.positions(epoch)
+        if self.repeated_aug == 1:
+            return pos
+        return self.rank + self.world_size * np.arange(len(pos), dtype=np.int64)
+
+    def batch_keys(self, batch_index: int, epoch: int | None = None) -> np.ndarray:
+        """sample_keys of batch `batch_index` of `epoch` (default: the current one)."""
+        return self.sample_keys(epoch)[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
 
     def _rank_samples(self) -> int:
         """Samples this rank reads per epoch, before batching (the stream loaders count them otherwise)."""
@@ -190,12 +232,13 @@ class Loader:
             "seed": self.seed,
             "world_size": self.world_size,
             "batch_size": self.batch_size,
+            "repeated_aug": self.repeated_aug,
             "bad_samples": self.bad_samples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration runs epoch state["epoch"] without its first state["batches"] batches."""
-        for key in ("seed", "world_size", "batch_size"):
+        for key in ("seed", "world_size", "batch_size", "repeated_aug"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"cannot resume: the saved loader state has {key}={state[key]}, this loader {getattr(self, key)}"

@@ -176,36 +176,46 @@ class FFCVLoader(Loader):
         image = self.info["kind"] == "image"
         it = iter(loader)
         try:
-            for b in batches:
+            for j, b in enumerate(batches):
                 x, label, index = self._verified(*self._next(it, b), b)
                 if self.info["kind"] == "volume" and self.info["dtype"] == "float16":
                     x = x.view(torch.float16)  # stored as uint16 bit patterns (numba has no float16)
                 # FFCV reuses its batch buffers: every tensor handed out is a new one (normalize makes the input's)
-                x = self._images(x, b, epoch) if image else self._volumes(x, b, epoch)
+                keys = self.batch_keys(
+                    first + j, epoch
+                )  # each sample's augmentation key (its copy's, with repeats)
+                x = self._images(x, keys, epoch) if image else self._volumes(x, keys, epoch)
                 yield {"input": x, "label": label.clone(), "index": index.clone()}
         finally:
             it.close()  # stop FFCV's reader thread when an epoch is left early (resume, benchmarks)
 
-    def _images(self, x: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
-        """The decoded uint8 batch, gray as one channel, with RandAugment seeded per sample when asked for."""
+    def _images(self, x: torch.Tensor, keys: np.ndarray, epoch: int) -> torch.Tensor:
+        """The decoded uint8 batch, gray as one channel, with RandAugment, then 3-Augment and colour jitter, seeded
+        per sample key (as the webdataset backend draws them) when asked for; in torch, in this process."""
         x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
-        if self.randaugment is None:
+        if self.randaugment is not None:
+            rngs = [RA.sample_rng(self.seed, epoch, int(k)) for k in keys]
+            x = torch.stack([RA.rand_augment(img, *self.randaugment, rng) for img, rng in zip(x, rngs)])
+        if not self.three_augment and self.color_jitter <= 0:
             return x
-        rngs = [RA.sample_rng(self.seed, epoch, int(p)) for p in positions]
-        return torch.stack([RA.rand_augment(img, *self.randaugment, rng) for img, rng in zip(x, rngs)])
+        three, jitter = self.three_augment, self.color_jitter
+        rngs = [T.augment_rng(self.seed, epoch, int(k)) for k in keys]
+        return torch.stack(
+            [T.pixel_augment(img, rng, three=three, jitter=jitter) for img, rng in zip(x, rngs)]
+        )
 
-    def _volumes(self, x: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
-        """transforms.py's crop and flip of each volume, seeded per sample like the webdataset backend."""
+    def _volumes(self, x: torch.Tensor, keys: np.ndarray, epoch: int) -> torch.Tensor:
+        """transforms.py's crop and flip of each volume, seeded per sample key like the webdataset backend."""
         vols = [
             T.volume_transform(
                 v,
                 self.image_size,
                 self.train,
-                np.random.default_rng([self.seed, epoch, int(p)]),
+                np.random.default_rng([self.seed, epoch, int(k)]),
                 eval_crop_ratio=self.eval_crop_ratio,
                 flip=self.flip,
             )
-            for v, p in zip(x, positions)
+            for v, k in zip(x, keys)
         ]
         return torch.stack(vols)
 

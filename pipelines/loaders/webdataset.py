@@ -96,23 +96,29 @@ class _Dataset(torch.utils.data.Dataset):
         self.crop_scale = loader.crop_scale
         self.flip = loader.flip
         self.randaugment = loader.randaugment
+        self.three_augment, self.color_jitter = loader.three_augment, loader.color_jitter
         self.policy = loader.bad_policy
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        epoch, pos = item
-        rng = np.random.default_rng([self.seed, epoch, pos])
-        return self.policy.read(lambda p: self._load(epoch, p, rng), pos, self.reader.neighbours)
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, pos, key = item  # key: the sample's augmentation key (Loader.sample_keys)
+        rng = np.random.default_rng([self.seed, epoch, key])
+        return self.policy.read(lambda p: self._load(epoch, p, key, rng), pos, self.reader.neighbours)
 
-    def _load(self, epoch: int, pos: int, rng: np.random.Generator) -> tuple[torch.Tensor, int, int]:
-        """Sample `pos` decoded and augmented (with the random draws of the position asked for)."""
+    def _load(
+        self, epoch: int, pos: int, key: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, int, int]:
+        """Sample `pos` decoded and augmented (with the random draws of the key asked for)."""
         data, label, index = self.reader.read(pos)
         try:
             x = self._decode(data, rng)
             if self.randaugment is not None:  # after the crop and flip, on the uint8 image
-                x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, pos))
+                x = RA.rand_augment(x, *self.randaugment, RA.sample_rng(self.seed, epoch, key))
+            x = T.pixel_augment(  # 3-Augment and colour jitter, last (DeiT III's augment.py order)
+                x, T.augment_rng(self.seed, epoch, key), three=self.three_augment, jitter=self.color_jitter
+            )
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...; numpy ValueError
             raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
         return x, label, index
@@ -162,7 +168,8 @@ class WebDatasetLoader(Loader):
         if not batches:
             return
         epoch = self.epoch
-        sampler = [[(epoch, int(p)) for p in b] for b in batches]
+        keys = [self.batch_keys(first + j, epoch) for j in range(len(batches))]
+        sampler = [[(epoch, int(p), int(k)) for p, k in zip(b, kb)] for b, kb in zip(batches, keys)]
         workers = min(self.workers, len(sampler))
         extra: dict[str, Any] = {}
         if workers > 0:
