@@ -136,6 +136,7 @@ class Checkpointer:
         # world_size, zero_stage, micro_batch, grad_accum: recorded in COMPLETE for a resume elsewhere
         self.layout = dict(layout or {})
         self._verified: set[str] = set()  # tags whose files were checked against COMPLETE
+        self.ema = None  # the run's weight average (liere/engine/ema.py), saved and loaded with each tag
 
     def after_step(self, engine, step: int, client_state: dict[str, Any]) -> None:
         if self.every and step % self.every == 0:
@@ -226,6 +227,8 @@ class Checkpointer:
         try:
             engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
             torch.save(rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
+            if self.ema is not None:
+                self.ema.save(self.dir / tag)  # a collective: every rank saves
         except Exception as err:  # a full disk shows up as OSError or as torch's RuntimeError
             shutil.rmtree(self.dir / tag, ignore_errors=True)
             raise CheckpointError(
@@ -294,6 +297,8 @@ class Checkpointer:
         )
         if client_state is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
+        if self.ema is not None:
+            self.ema.load(self.dir / tag)
         rng_file = self.dir / tag / f"rng_rank{self.rank}.pt"
         if rng_file.is_file():
             set_rng_state(_load_rng(rng_file))

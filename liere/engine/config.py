@@ -84,7 +84,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw (torch) or lamb (liere/engine/optim.py; needs train.zero_stage 0 and fp32)
+    name: str = "adamw"  # adamw (torch) or lamb (liere/engine/optim.py; needs train.zero_stage 0)
     loss: str = (
         "cross_entropy"  # cross_entropy, or bce (binary cross-entropy on binarized soft targets, DeiT III)
     )
@@ -119,6 +119,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: at epoch ends only)
     keep_checkpoints: int = 2  # complete checkpoints kept on disk
     dist_timeout_s: int = 600  # collective timeout: a dead rank ends the job after this long
+    init_from: str | None = None  # start from these weights: an exported .safetensors or a run directory
+    init_new_head: bool = False  # init_from: a classifier of another size starts fresh (else an error)
+    ema: float | None = None  # decay of an average of the weights, e.g. 0.99996 as DeiT (null: off)
 
 
 @dataclass
@@ -139,6 +142,10 @@ class EvalConfig:
     # also evaluate each input at the training size on a larger blank canvas (ints or lists): the same
     # scale, a larger field of view, the object anywhere in it (liere/engine/canvas.py)
     canvas_sizes: list[Any] = field(default_factory=list)
+    # how launch/evaluate.py and launch/compare.py read eval.sizes: zoom (the validation inputs resized:
+    # the same content at more pixels) and/or extent (a larger canvas at the training scale, drawn by
+    # the data set itself: the compass sets' val-extent<S> splits)
+    protocols: list[str] = field(default_factory=lambda: ["zoom"])
 
 
 @dataclass
@@ -163,6 +170,9 @@ class Config:
     config_path: str = MISSING  # set by load_config
 
 
+PROTOCOLS = ("zoom", "extent")
+
+
 def _need(ok: bool, key: str, value: Any, what: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: {what}")
@@ -183,6 +193,7 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
     _need(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
     _need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
+    _need(t.ema is None or 0 <= t.ema < 1, "train.ema", t.ema, "expected null (off) or a decay in [0, 1)")
     _need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
     _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check_optimizer(t, o)
@@ -222,15 +233,10 @@ def _check_optimizer(t: DictConfig, o: DictConfig) -> None:
     )
     if o.name == "lamb":  # LAMB's trust ratio is per tensor: DeepSpeed must hand it whole tensors
         why = (
-            "LAMB's per-tensor trust ratio needs whole tensors, and DeepSpeed hands the optimizer flat shards"
+            "LAMB's per-tensor trust ratio needs whole tensors; ZeRO 1-3 hand the optimizer flat shards "
+            "of every group (stage 0 keeps one fp32 master per tensor, in fp32, bf16 and fp16 alike)"
         )
         _need(t.zero_stage == 0, "train.zero_stage", t.zero_stage, f"optim.name=lamb needs 0: {why}")
-        _need(
-            t.precision == "fp32",
-            "train.precision",
-            t.precision,
-            f"optim.name=lamb needs fp32: {why} under bf16/fp16 (their master weights are flattened)",
-        )
 
 
 def _check_model(m: DictConfig, d: DictConfig) -> None:
@@ -291,6 +297,28 @@ def _check_sparsity_and_eval(cfg: DictConfig) -> None:
         full = [size] * axes if isinstance(size, int) else list(size)
         ok = len(full) == axes and all(isinstance(s, int) and s >= t for s, t in zip(full, m.img_size))
         _need(ok, "eval.canvas_sizes", size, f"each canvas is an int or {axes} ints, at least model.img_size")
+    _check_protocols(cfg)
+
+
+def _check_protocols(cfg: DictConfig) -> None:
+    from pipelines.sources import list_sources, source_class
+
+    protocols = list(cfg.eval.protocols)
+    _need(
+        bool(protocols) and set(protocols) <= set(PROTOCOLS),
+        "eval.protocols",
+        protocols,
+        f"a list from {PROTOCOLS}",
+    )
+    if "extent" in protocols:
+        d = cfg.data.dataset
+        ok = d in list_sources() and getattr(source_class(d), "draws_extent", False)
+        _need(
+            ok,
+            "eval.protocols",
+            protocols,
+            f"extent needs a data set that draws larger canvases (compass2d, compass3d), not {d!r}",
+        )
 
 
 def _read_chain(path: Path) -> list[tuple[Path, DictConfig]]:

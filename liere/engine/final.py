@@ -12,6 +12,7 @@ import liere
 from liere.engine.canvas import place_on_canvas
 from liere.engine.checkpoint import export_checkpoint
 from liere.engine.distributed import log0
+from liere.engine.ema import evaluate_ema, export_ema
 from liere.engine.evaluate import (
     evaluate,
     per_axis_sizes,
@@ -62,6 +63,8 @@ def final_evaluation(trainer) -> dict[str, Any]:
                 denv,
                 f"eval on a {size_name(size)} canvas (training scale): top-1 {100 * result['top1']:.2f}%",
             )
+    if getattr(trainer, "ema", None) is not None:
+        out["ema"] = evaluate_ema(trainer)
     return out
 
 
@@ -71,8 +74,11 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
     title = f"{cfg.model.name} {cfg.model.encoding} on {cfg.data.dataset}"
     table, plot = write_sweep_report(summary["sweep"], out_dir, title=title)
     weights = export_checkpoint(trainer.checkpointer.dir, tag, trainer.spec, out_dir / "model.safetensors")
-    for artifact in (table, plot, weights):
-        tracker.log_artifact(artifact)
+    ckpt_dir = trainer.checkpointer.dir
+    ema = export_ema(ckpt_dir, tag, trainer.spec, weights, out_dir / "model_ema.safetensors")
+    for artifact in (table, plot, weights, ema):
+        if artifact is not None:
+            tracker.log_artifact(artifact)
     exported = liere.load_model(weights)  # whole parameters whatever the ZeRO stage
     extra: dict[str, Any] = {
         "params": sum(p.numel() for p in exported.parameters()),
@@ -105,7 +111,7 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
         print(f"to open it: make ui, then http://127.0.0.1:5000/{page}", flush=True)
     elif page:
         print(f"to open it: {page}", flush=True)
-    return {**extra, "weights": str(weights)}
+    return {**extra, "weights": str(weights), **({"ema_weights": str(ema)} if ema else {})}
 
 
 def plain_summary(cfg, summary: dict[str, Any]) -> str:

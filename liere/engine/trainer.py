@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 import liere
-from liere.engine import distributed, precision, quiet, reshard
+from liere.engine import distributed, init_from, precision, quiet, reshard
 from liere.engine.checkpoint import Checkpointer
 from liere.engine.config import ConfigError, flatten
 from liere.engine.data import build_data, dataset_inputs, eval_loader, model_spec
 from liere.engine.distributed import log0
+from liere.engine.ema import WeightEma, evaluate_ema
 from liere.engine.evaluate import evaluate, size_name
 from liere.engine.final import final_evaluation, write_outputs
 from liere.engine.metrics import TrainMetrics
@@ -118,7 +119,8 @@ def deepspeed_config(cfg: DictConfig, world_size: int, device_type: str = "cpu")
         )  # fmt: skip
     if device_type == "cuda" and t.precision == "bf16":
         config["communication_data_type"] = "fp32"
-        config["data_types"] = {"grad_accum_dtype": "fp32"}
+        if t.zero_stage >= 1:  # stage 0 takes only bf16 accumulation with bf16 weights (DeepSpeed's
+            config["data_types"] = {"grad_accum_dtype": "fp32"}  # engine refuses the mix otherwise)
     return config
 
 
@@ -181,6 +183,9 @@ class Trainer:
         )
         self.plan = self._plan_resume()  # before the data: another world size changes train.grad_accum
         model = self._build_data_and_model()
+        if t.init_from and not self.plan.tag:  # a resumed run has its own weights
+            for line in init_from.load_into(model, t.init_from, new_head=t.init_new_head):
+                log0(denv, line)
         self.total_steps = t.epochs * self.steps_per_epoch
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps)
@@ -198,6 +203,7 @@ class Trainer:
             "world_size": denv.world_size, "zero_stage": t.zero_stage,
             "micro_batch": cfg.data.batch_size, "grad_accum": t.grad_accum,
         }  # fmt: skip
+        self.ema = self.checkpointer.ema = WeightEma(self.engine, t.ema) if t.ema is not None else None
         self.progress = self._resume()
         self.tracker = self._start_tracking(model)
         self.metrics = TrainMetrics(
@@ -360,6 +366,8 @@ class Trainer:
         """Count the step, log, and checkpoint (on a signal: then stop); "last_step" at the end."""
         p = self.progress
         p.step += 1
+        if self.ema is not None:
+            self.ema.update()
         p.loader = self.loader.state_dict()
         self.metrics.optimizer_step(p.step, p.epoch, self.engine, getattr(self.loader, "bad_samples", 0))
         if distributed.any_rank(self.stop.received is not None, self.device):
@@ -410,6 +418,8 @@ class Trainer:
             f"step {self.progress.step}: val top-1 {100 * result['top1']:.2f}% "
             f"top-5 {100 * result['top5']:.2f}% loss {result['loss']:.4f}",
         )
+        if self.ema is not None:
+            evaluate_ema(self)
         return result
 
     def finish(self) -> dict[str, Any]:

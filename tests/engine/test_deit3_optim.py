@@ -92,7 +92,7 @@ def test_warmup_from_a_floor():
     "overrides, key",
     [
         (["optim.name=lamb", "train.zero_stage=2", "train.precision=fp32"], "train.zero_stage"),
-        (["optim.name=lamb", "train.zero_stage=0", "train.precision=bf16"], "train.precision"),
+        (["optim.name=lamb", "train.zero_stage=3", "train.precision=bf16"], "train.zero_stage"),
         (["optim.name=sgd"], "optim.name"),
         (["optim.loss=hinge"], "optim.loss"),
         (["optim.loss=bce", "optim.label_smoothing=0.1"], "optim.label_smoothing"),
@@ -104,3 +104,55 @@ def test_config_errors_name_key_and_value(overrides, key):
 
     with pytest.raises(ConfigError, match=key):
         load_config("configs/digits.yaml", overrides)
+
+
+LAMB_BF16 = """
+import os, torch
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29631")
+import deepspeed
+from liere.engine.optim import Lamb
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(), torch.nn.Linear(5, 3))
+opt = Lamb(model.parameters(), lr=0.05, weight_decay=0.05)
+config = {"train_micro_batch_size_per_gpu": 4, "train_batch_size": 4, "zero_optimization": {"stage": 0},
+          "bf16": {"enabled": True}, "gradient_clipping": 0.0}
+engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+print("wrapper", type(engine.optimizer).__name__)
+masters = [p for g in engine.optimizer.fp32_groups for p in g]
+lows = [p for g in engine.optimizer.fp16_groups for p in g]
+print("per-tensor", all(m.shape == p.shape and m.dtype == torch.float32 for m, p in zip(masters, lows)))
+for step in range(2):
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    engine.backward(engine(x).float().pow(2).mean())
+    ref = [torch.nn.Parameter(m.detach().clone()) for m in masters]
+    for r, p in zip(ref, lows):
+        r.grad = p.grad.float()
+    hand = Lamb(ref, lr=0.05, weight_decay=0.05)
+    hand.state.update({r: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[m].items()}
+                       for r, m in zip(ref, masters) if m in opt.state})
+    before = [m.detach().clone() for m in masters]
+    hand.step()
+    engine.step()
+    print("moved", max((m - b).abs().max().item() for m, b in zip(masters, before)))
+    print("max diff", max((m - r).abs().max().item() for m, r in zip(masters, ref)))
+"""
+
+
+@pytest.mark.slow
+def test_lamb_under_deepspeed_bf16_keeps_one_fp32_master_per_tensor(tmp_path):
+    """bf16 at ZeRO-0: DeepSpeed's unfused wrapper hands LAMB one fp32 master per tensor, so its
+    trust ratio stays per tensor; each step equals LAMB applied by hand to those masters."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAMB_BF16], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "wrapper FP16_UnfusedOptimizer" in lines and "per-tensor True" in lines
+    diffs = [float(line.split()[-1]) for line in lines if line.startswith("max diff")]
+    moved = [float(line.split()[-1]) for line in lines if line.startswith("moved")]
+    assert len(diffs) == 2 and max(diffs) < 1e-7 and min(moved) > 1e-3, (diffs, moved)
