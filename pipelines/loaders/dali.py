@@ -18,7 +18,7 @@ import io
 import logging
 import math
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -32,6 +32,31 @@ from pipelines.shards import ShardReader, decode_npy
 
 log = logging.getLogger(__name__)
 _CONVERSION_TRIES = 3
+_MAX_IDLE_PIPES = 8  # evaluation pipelines kept built for reuse, all keys together (oldest dropped first)
+_IDLE_PIPES: OrderedDict[tuple, list] = OrderedDict()
+
+
+def take_pipeline(key: tuple):
+    """An idle built evaluation pipeline of `key` (DALILoader._pipe_key), or None: each validation and sweep size
+    reuses the one built the first time instead of building a new decoder (nvJPEG state, buffers) every time."""
+    pipes = _IDLE_PIPES.get(key)
+    return pipes.pop() if pipes else None
+
+
+def return_pipeline(key: tuple, pipe) -> None:
+    """Put an evaluation pipeline back, idle and clean (nothing fed or scheduled), for the next loader of `key`."""
+    _IDLE_PIPES.setdefault(key, []).append(pipe)
+    _IDLE_PIPES.move_to_end(key)
+    while sum(len(v) for v in _IDLE_PIPES.values()) > _MAX_IDLE_PIPES:
+        oldest = next(iter(_IDLE_PIPES))
+        _IDLE_PIPES[oldest].pop(0)
+        if not _IDLE_PIPES[oldest]:
+            del _IDLE_PIPES[oldest]
+
+
+def clear_pipeline_cache() -> None:
+    """Drop every idle evaluation pipeline (frees their device memory once nothing else holds them)."""
+    _IDLE_PIPES.clear()
 
 
 def _use_gpu(device: str | None) -> bool:
@@ -42,6 +67,14 @@ def _use_gpu(device: str | None) -> bool:
     if device == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("DALI device='gpu' asked for, but torch sees no CUDA device")
     return device == "gpu"
+
+
+def _queue_depth(depth: int) -> int:
+    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
+        raise ValueError(
+            f"prefetch_queue_depth must be an integer >= 1 (batches DALI runs ahead), got {depth!r}"
+        )
+    return int(depth)
 
 
 def _forget_unconverted_functions() -> bool:
@@ -79,6 +112,52 @@ def _rand_augment(img, num_ops: int, magnitude: int, size: tuple[int, int], gray
     )
 
 
+def _luma(x):
+    """Float HWC RGB -> HW1 luma, ITU-R 601-2 weights (transforms._gray)."""
+    return 0.299 * x[:, :, 0:1] + 0.587 * x[:, :, 1:2] + 0.114 * x[:, :, 2:3]
+
+
+def _color_jitter(x, strength: float, gray: bool):
+    """transforms.color_jitter with DALI's arithmetic on float HWC in [0, 255]: brightness, contrast (blend with the
+    mean luma, fn.reductions.mean) and saturation (blend with the luma; none on 1 channel), factors
+    U[1 - s, 1 + s] per sample. The order is fixed where torchvision's is random: the three maps commute but for
+    the clipping to [0, 255] after each, so only saturated pixels can differ."""
+    from nvidia.dali import fn
+    from nvidia.dali import math as dmath
+
+    def factor():
+        return fn.random.uniform(range=[max(0.0, 1 - strength), 1 + strength])
+
+    x = dmath.clamp(x * factor(), 0.0, 255.0)
+    luma = x if gray else _luma(x)
+    f = factor()
+    x = dmath.clamp(x * f + (1.0 - f) * fn.reductions.mean(luma), 0.0, 255.0)
+    if not gray:
+        f = factor()
+        x = dmath.clamp(x * f + (1.0 - f) * _luma(x), 0.0, 255.0)
+    return x
+
+
+def _three_augment(img, *, three: bool, jitter: float, gray: bool):
+    """DeiT III's 3-Augment (facebookresearch/deit augment.py, new_data_aug_generator: RandomChoice of grayscale,
+    solarization and Gaussian blur, then ColorJitter) with DALI operators on uint8 HWC images: one op per image,
+    each with probability 1/3 (fn.random.uniform over {0, 1, 2}); grayscale kept 3-channel, solarization above 128
+    (PIL's threshold) by arithmetic, fn.gaussian_blur with sigma ~ U(0.1, 2); then _color_jitter. All three are
+    computed and the drawn one kept by masks (no DALI conditionals needed). Returns uint8 HWC."""
+    from nvidia.dali import fn, types
+
+    x = fn.cast(img, dtype=types.FLOAT)
+    if three:
+        choice = fn.random.uniform(values=[0, 1, 2], dtype=types.INT32)
+        grayed = x if gray else fn.cat(_luma(x), _luma(x), _luma(x), axis=2)
+        solarized = x + (x >= 128.0) * (255.0 - 2.0 * x)
+        blurred = fn.gaussian_blur(x, sigma=fn.random.uniform(range=[0.1, 2.0]))
+        x = (choice == 0) * grayed + (choice == 1) * solarized + (choice == 2) * blurred
+    if jitter > 0:
+        x = _color_jitter(x, jitter, gray)
+    return fn.cast(x, dtype=types.UINT8)  # rounds to nearest and saturates
+
+
 def _resize_volume(vol, size: list[int]):
     """Linear resize of a CDHW DALI volume to `size` (D, H, W): DALI resizes channels-last."""
     from nvidia.dali import fn, types
@@ -94,13 +173,21 @@ class DALILoader(Loader):
     backend = "dali"
 
     def __init__(
-        self, split_dir: str | os.PathLike, *, verify: bool = False, device: str | None = None, **kwargs: Any
+        self,
+        split_dir: str | os.PathLike,
+        *,
+        verify: bool = False,
+        device: str | None = None,
+        prefetch_queue_depth: int = 2,
+        **kwargs: Any,
     ):
         import nvidia.dali  # noqa: F401  (fail here, clearly, when DALI is not installed)
 
         self.reader = ShardReader(split_dir, verify=verify)
         super().__init__(self.reader.manifest, **kwargs)
+        self.split_dir = self.reader.split_dir
         self.gpu = _use_gpu(device)
+        self.prefetch_queue_depth = _queue_depth(prefetch_queue_depth)
         self._pipe = None
 
     # ---- pipeline ------------------------------------------------------------------------------
@@ -118,7 +205,8 @@ class DALILoader(Loader):
                     num_threads=max(1, self.workers),
                     device_id=torch.cuda.current_device() if self.gpu else None,
                     seed=self._pipe_seed(),
-                    prefetch_queue_depth=1,  # one batch runs (asynchronously) while the consumer holds the previous one
+                    # batches decoded ahead of the consumer: 2 keeps the decoder busy while a step runs
+                    prefetch_queue_depth=self.prefetch_queue_depth,
                 )
                 break
             except TypeError as e:
@@ -132,6 +220,12 @@ class DALILoader(Loader):
         pipe.build()
         return pipe
 
+    def _pipe_key(self) -> tuple:
+        """What an evaluation pipeline's graph and build depend on: loaders with the same key share built ones."""
+        device = torch.cuda.current_device() if self.gpu else None
+        return (type(self).__name__, str(self.split_dir), self.image_size, self.batch_size, self.eval_crop_ratio,
+                device, max(1, self.workers), self.prefetch_queue_depth)  # fmt: skip
+
     def _pipe_seed(self) -> int:
         """The seed of DALI's random ops (and of a stream reader's shuffle): per run and rank."""
         return (self.seed * 1000003 + self.rank) % (2**31)
@@ -142,7 +236,8 @@ class DALILoader(Loader):
 
     def _image_graph(self, enc=None):
         """JPEG bytes (fed, or `enc`: a reader's output) -> decoded, cropped (random resized in training, center in
-        evaluation), flipped, RandAugment-ed when asked for, normalized float CHW."""
+        evaluation), flipped, RandAugment-ed, 3-Augment-ed and colour-jittered when asked for: uint8 CHW (normalized
+        by the base class where the batch lies, on the GPU after a GPU pipeline: a quarter of float32's bytes)."""
         from nvidia.dali import fn, types
 
         if enc is None:
@@ -163,25 +258,22 @@ class DALILoader(Loader):
             mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
             if self.randaugment is not None:
                 img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
+            if self.three_augment or self.color_jitter > 0:  # last, as in DeiT III's augment.py
+                three, jitter = self.three_augment, self.color_jitter
+                img = _three_augment(img, three=three, jitter=jitter, gray=self.channels == 1)
         else:
             img = fn.decoders.image(enc, device=dec, output_type=out_type)
             shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
             img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
             mirror = 0
         return fn.crop_mirror_normalize(
-            img,
-            crop=(h, w),
-            mirror=mirror,
-            dtype=types.FLOAT,
-            output_layout="CHW",
-            mean=[m * 255.0 for m in self.info["mean"]],
-            std=[s * 255.0 for s in self.info["std"]],
+            img, crop=(h, w), mirror=mirror, dtype=types.UINT8, output_layout="CHW"
         )
 
     def _volume_graph(self, vol=None):
         """npy volumes (C, D, H, W; fed, or `vol`: decoded from a reader's output) -> random crop and flip
-        (training) or resize and center crop (evaluation), as transforms.volume_transform does; normalized by the
-        base class."""
+        (training) or resize and center crop (evaluation), as transforms.volume_transform does; in the stored dtype
+        (uint8 or float16), normalized by the base class."""
         from nvidia.dali import fn, types
 
         dtype = types.FLOAT16 if self.info["dtype"] == "float16" else types.UINT8
@@ -191,6 +283,13 @@ class DALILoader(Loader):
             vol = fn.cast(vol, dtype=types.FLOAT)  # DALI's CPU resize has no float16 kernel
         if self.gpu:
             vol = vol.gpu()
+        vol = self._volume_ops(vol)
+        return fn.cast(vol, dtype=types.FLOAT16) if dtype == types.FLOAT16 else vol  # half the bytes out
+
+    def _volume_ops(self, vol):
+        """The crop, resize and flip of _volume_graph."""
+        from nvidia.dali import fn
+
         d, h, w = self.image_size
         if not self.train:
             r = self.eval_crop_ratio
@@ -217,14 +316,10 @@ class DALILoader(Loader):
 
     def _to_torch(self, tl) -> torch.Tensor:
         """Copy a DALI output (its buffers are reused by the next run) into a new torch tensor, once."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
         t = tl.as_tensor()
-        if self.info["kind"] == "image":
-            dtype = torch.float32
-        else:
-            dtype = torch.float32 if self.info["dtype"] == "float16" else torch.uint8
-        out = torch.empty(t.shape(), dtype=dtype, device="cuda" if self.gpu else "cpu")
+        out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device="cuda" if self.gpu else "cpu")
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream() if self.gpu else None)
         return out
 
@@ -239,62 +334,99 @@ class DALILoader(Loader):
         except Exception as exc:
             raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
 
-    def _feed(self, batch: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """Hand one batch of encoded samples to the pipeline and schedule its run (DALI works on it in the
-        background while earlier batches are consumed); returns the positions fed, labels and indices (those of
-        the replacements where the policy replaced bad samples)."""
+    def _gather(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor, torch.Tensor]:
+        """One batch's encoded samples (read and verified under the bad-sample policy), the positions fed, labels
+        and indices (those of the replacements where the policy replaced bad samples)."""
         samples = [self.bad_policy.read(self._read, int(p), self.reader.neighbours) for p in batch]
-        self._pipe.feed_input("data", [s[0] for s in samples])
-        self._pipe.schedule_run()
         labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
         fed = np.array([s[3] for s in samples], dtype=np.int64)
-        return fed, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
+        return [s[0] for s in samples], fed, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
 
-    def _outputs(self, batch: np.ndarray):
-        """The pipeline's output for `batch`; a decoder failure names the sample (found by decoding with PIL)."""
+    def _feed(self, gathered) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        self._pipe.feed_input("data", gathered[0])
+        return gathered[1:]
+
+    def _start(self, todo: Iterator[np.ndarray]) -> deque:
+        """Feed and schedule the epoch's first prefetch_queue_depth batches. A pipeline's first schedule_run runs
+        prefetch_queue_depth times (DALI's prefetch), so a new one is fed that many first: copies of the last
+        batch where the epoch has fewer, their outputs dropped (labels None)."""
+        depth = self.prefetch_queue_depth
+        gathered = [self._gather(b) for b in islice(todo, depth)]  # every read done before anything is fed
+        pending: deque = deque(self._feed(g) for g in gathered)
+        if getattr(self._pipe, "_liere_started", False):
+            for _ in gathered:
+                self._pipe.schedule_run()
+            return pending
+        for _ in range(depth - len(gathered)):
+            fed, _, _ = self._feed(gathered[-1])
+            pending.append((fed, None, None))
+        self._pipe.schedule_run()
+        self._pipe._liere_started = True
+        return pending
+
+    def _take(self, batch: np.ndarray) -> torch.Tensor:
+        """The pipeline's output for `batch`, copied out and its buffers handed back (so DALI keeps
+        prefetch_queue_depth runs going); a decoder failure names the sample (found by decoding with PIL)."""
         try:
-            return self._pipe.outputs()
+            (out,) = self._pipe.share_outputs()
         except RuntimeError as exc:
             self._pipe = None  # rebuilt by the next iteration
-            for p in batch if self.info["kind"] == "image" else ():
-                try:
-                    from PIL import Image
-
-                    Image.open(io.BytesIO(self.reader.read(int(p))[0])).load()
-                except BadSampleError as bad:
-                    raise bad from exc
-                except Exception as err:
-                    raise self.reader.bad(
-                        int(p), f"DALI cannot decode it ({type(err).__name__}: {err})"
-                    ) from exc
+            self._name_bad_sample(batch, exc)
             raise DataError(
-                f"{self.reader.split_dir}: DALI failed on a batch of {len(batch)} samples: {exc}"
+                f"{self.split_dir}: DALI failed on a batch of {len(batch)} samples: {exc}"
             ) from exc
+        x = self._to_torch(out)  # on the GPU, queued on torch's stream as DALI's own iterator does
+        self._pipe.release_outputs()
+        return x
+
+    def _name_bad_sample(self, batch: np.ndarray, exc: RuntimeError) -> None:
+        for p in batch if self.info["kind"] == "image" else ():
+            try:
+                from PIL import Image
+
+                Image.open(io.BytesIO(self.reader.read(int(p))[0])).load()
+            except BadSampleError as bad:
+                raise bad from exc
+            except Exception as err:
+                raise self.reader.bad(int(p), f"DALI cannot decode it ({type(err).__name__}: {err})") from exc
+
+    def _acquire(self) -> None:
+        """The pipeline of this iteration: the training loader's own (built once); in evaluation an idle one of
+        the same key (take_pipeline) or a new one."""
+        if self._pipe is None:
+            self._pipe = (None if self.train else take_pipeline(self._pipe_key())) or self._build()
 
     def _iter_raw(self, batches: list[np.ndarray], first: int) -> Iterator[dict[str, Any]]:
         if not batches:
             return
-        if self._pipe is None:
-            self._pipe = self._build()
-        image = self.info["kind"] == "image"
-        pending: deque[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = deque()
+        self._acquire()
         todo = iter(batches)
+        pending: deque = deque()
         try:
-            for b in islice(todo, 1):
-                pending.append(self._feed(b))
+            pending = self._start(todo)
             while pending:
                 b, labels, indices = pending.popleft()
-                (out,) = self._outputs(b)
-                x = self._to_torch(out)  # copied out before the pipeline reuses its buffers
+                x = self._take(b)
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(self._feed(nxt))
-                yield {"input": x, "label": labels, "index": indices, "normalized": image}
+                    pending.append(self._feed(self._gather(nxt)))
+                    self._pipe.schedule_run()
+                if labels is not None:
+                    yield {"input": x, "label": labels, "index": indices, "normalized": False}
         finally:
-            # an epoch left early: collect the scheduled run so the next epoch starts clean (at interpreter
-            # exit the pipeline may already be torn down; nothing is left to clean then)
-            for _ in pending if self._pipe is not None else ():
-                try:
-                    self._pipe.outputs()
-                except (AttributeError, RuntimeError):
-                    break
+            self._settle(pending)
+
+    def _settle(self, pending: deque) -> None:
+        """After an epoch (or leaving it early): collect the runs still scheduled so the next epoch starts clean;
+        an evaluation pipeline goes back to the idle ones (at interpreter exit the pipeline may already be torn
+        down; nothing is left to clean then)."""
+        for _ in pending if self._pipe is not None else ():
+            try:
+                self._pipe.share_outputs()
+                self._pipe.release_outputs()
+            except (AttributeError, RuntimeError):
+                self._pipe = None
+                break
+        if not self.train and self._pipe is not None:
+            return_pipeline(self._pipe_key(), self._pipe)
+            self._pipe = None

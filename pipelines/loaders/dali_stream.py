@@ -27,7 +27,7 @@ import torch
 
 from pipelines.errors import DataError
 from pipelines.loaders.common import Loader
-from pipelines.loaders.dali import DALILoader, _use_gpu
+from pipelines.loaders.dali import DALILoader, _queue_depth, _use_gpu, return_pipeline, take_pipeline
 from pipelines.shards.manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class DALIStreamLoader(DALILoader):
         device: str | None = None,
         shuffle_buffer: int = 1000,
         verify: bool = False,
+        prefetch_queue_depth: int = 2,
         **kwargs: Any,
     ):
         import nvidia.dali  # noqa: F401  (fail here, clearly, when DALI is not installed)
@@ -59,12 +60,18 @@ class DALIStreamLoader(DALILoader):
                 "use data.access=indexed (it replaces bad samples) or data.bad_samples=raise"
             )
         Loader.__init__(self, manifest, **kwargs)
+        if self.repeated_aug > 1:
+            raise ValueError(
+                f"repeated_aug={self.repeated_aug} with the DALI stream: its reader has no per-position order to "
+                "repeat; use data.access=indexed for repeated augmentation"
+            )
         self.split_dir = split_dir
         self.tars = [str(split_dir / s["url"]) for s in manifest["shardlist"]]
         self.indices = [str(split_dir / s["dali_index"]) for s in manifest["shardlist"]]
         self.ext = manifest["encoding"]
         self.shuffle_buffer = max(1, int(shuffle_buffer))
         self.gpu = _use_gpu(device)
+        self.prefetch_queue_depth = _queue_depth(prefetch_queue_depth)
         self._pipe = None
 
     # ---- sizes ---------------------------------------------------------------------------------------
@@ -95,6 +102,9 @@ class DALIStreamLoader(DALILoader):
         )  # fmt: skip
 
     # ---- pipeline ------------------------------------------------------------------------------------
+    def _pipe_key(self) -> tuple:
+        return (*super()._pipe_key(), self.rank, self.world_size)
+
     def _pipe_seed(self) -> int:
         return (self.seed * 1000003 + self.epoch * 7919 + self.rank) % (2**31)
 
@@ -130,14 +140,16 @@ class DALIStreamLoader(DALILoader):
         labels = torch.tensor([int(bytes(np.asarray(cls[j]))) for j in range(real)], dtype=torch.int64)
         index = torch.tensor([int(bytes(np.asarray(idx[j]))) for j in range(real)], dtype=torch.int64)
         x = self._to_torch(out)[:real]
-        return {"input": x, "label": labels, "index": index, "normalized": self.info["kind"] == "image"}
+        return {"input": x, "label": labels, "index": index, "normalized": False}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, total, rank_samples = self.epoch, len(self), self._rank_samples()
         first = min(self._skip, total)
         self._skip, self._consumed = 0, first
         self._pipe = None
-        self._pipe = self._build()  # a fresh reader per epoch: its shard, seed and position
+        # training: a fresh reader per epoch (its shard, seed and position); evaluation reads the same shard in the
+        # same order every time: an idle pipeline left at the shard's start by a completed epoch is reused
+        self._pipe = (None if self.train else take_pipeline(self._pipe_key())) or self._build()
         try:
             for _ in range(first):  # resume: the same stream, the used batches run again and dropped
                 self._pipe.run()
@@ -151,5 +163,8 @@ class DALIStreamLoader(DALILoader):
             raise DataError(
                 f"{self.split_dir}: DALI's webdataset reader failed in epoch {epoch}: {exc}"
             ) from exc
+        if not self.train:  # read to its end: the reader is back at its shard's start
+            return_pipeline(self._pipe_key(), self._pipe)
+            self._pipe = None
         if self.epoch == epoch and self._consumed >= total:
             self.epoch, self._consumed = epoch + 1, 0
