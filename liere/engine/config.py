@@ -71,6 +71,10 @@ class DataConfig:
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
     randaugment: list[int] | None = None  # [num_ops, magnitude 0-30], e.g. [2, 9] (null: off)
+    repeated_aug: int = 1  # copies of each sample per epoch, on consecutive ranks (DeiT RASampler: 3)
+    three_augment: bool = False  # DeiT III 3-Augment: grayscale, solarization or Gaussian blur, one per image
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (DeiT III: 0.3; 0: off)
+    dali_prefetch: int = 2  # DALI: batches decoded ahead (prefetch_queue_depth)
     bad_samples: str = "raise"  # a training sample failing to read/verify/decode: raise, or skip (replace it)
     max_bad_samples: int = 100  # with skip: more replaced samples than this on one rank end the run
     access: str = (
@@ -216,6 +220,29 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
         "data.randaugment",
         None if ra is None else list(ra),
         "expected null or [num_ops >= 1, magnitude 0-30]",
+    )
+    _check_augment(d)
+
+
+def _check_augment(d: DictConfig) -> None:
+    """Repeated augmentation, 3-Augment and colour jitter: ranges, and the loaders that have them."""
+    _need(
+        d.repeated_aug >= 1, "data.repeated_aug", d.repeated_aug, "expected copies per sample >= 1 (1: off)"
+    )
+    _need(0 <= d.color_jitter <= 1, "data.color_jitter", d.color_jitter, "expected a strength in [0, 1]")
+    _need(d.dali_prefetch >= 1, "data.dali_prefetch", d.dali_prefetch, "expected batches ahead >= 1")
+    _need(
+        d.repeated_aug == 1 or d.access == "indexed",
+        "data.repeated_aug",
+        d.repeated_aug,
+        "repeats positions of the epoch's order: needs data.access=indexed",
+    )
+    colour = d.three_augment or d.color_jitter > 0
+    _need(
+        not colour or d.access == "indexed" or d.backend == "dali",
+        "data.three_augment" if d.three_augment else "data.color_jitter",
+        d.three_augment if d.three_augment else d.color_jitter,
+        "the webdataset stream decoder has no 3-Augment/colour jitter: use data.access=indexed or backend dali",
     )
 
 

@@ -42,6 +42,9 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         label_smoothing=cfg.optim.label_smoothing if d.mixup > 0 or d.cutmix > 0 else 0.0,
         crop_scale=tuple(d.crop_scale),
         randaugment=list(d.randaugment) if d.randaugment else None,
+        repeated_aug=d.repeated_aug,
+        three_augment=d.three_augment,
+        color_jitter=d.color_jitter,
         flip=d.flip,
         bad_samples=d.bad_samples,
         max_bad_samples=d.max_bad_samples,
@@ -62,6 +65,8 @@ def _build(d: DictConfig, split: str, **kwargs: Any):
 
     if d.access == "stream":
         kwargs.update(shuffle_buffer=d.shuffle_buffer, urls=d.urls)
+    if d.backend == "dali":
+        kwargs["prefetch_queue_depth"] = d.dali_prefetch
     return pipelines.build_loader(
         d.backend, root=d.root, dataset=d.dataset, split=split, access=d.access, **kwargs
     )
