@@ -16,6 +16,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CASES = [
     ("imagenet/paper_vit_b.yaml", []),
     ("imagenet/deit3_vit_s.yaml", ["model.encoding=liere64"]),
+    ("imagenet/deit3_vit_s_ft384.yaml", []),  # init_from: the run it names need not exist yet
+    ("imagenet/paper_vit_b_official.yaml", []),
     ("cifar100/paper_vit_b.yaml", ["model.encoding=string"]),
     ("video/ucf101_paper_vit_b.yaml", ["model.encoding=liere64"]),
     ("volume/medmnist3d64_vit_s.yaml", []),
