@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", nargs="+", default=None, help="evaluation sizes (default: the config's eval.sizes)"
     )
     p.add_argument(
+        "--protocols",
+        nargs="+",
+        default=None,
+        choices=["zoom", "extent"],
+        help="zoom: inputs resized; extent: a larger canvas at the training scale (default: the config's eval.protocols)",
+    )
+    p.add_argument(
         "--name", default=None, help="sweep name: MLflow parent run and folder (default: the config's)"
     )
     p.add_argument("--out", default=None, help="sweep folder (default: runs/compare/NAME)")

@@ -3,6 +3,11 @@
     python launch/evaluate.py runs/compass2d/liere8-s0 --sizes 32 48 64 --shuffle
     python launch/evaluate.py model.safetensors --dataset compass3d --sizes 16 24 32 --shuffle
     python launch/evaluate.py RUN_DIR --sizes 224 320 384 --split val --batch-size 128 --out eval/
+    python launch/evaluate.py runs/compass2d/liere8-s0 --sizes 32 48 64 --protocols zoom extent
+
+Protocols: *zoom* resizes the validation inputs to each size (the same content at more pixels, what
+ImageNet at 384 is); *extent* reads the data set's own larger canvases at the training scale (the
+compass sets' ``val-extent<S>`` splits: the same marks and distances, more tokens around them).
 
 CHECKPOINT is an exported ``model.safetensors`` or a run's ``out_dir`` (its ``model.safetensors``,
 written at the end of training; exported from ``checkpoints/latest`` first if missing). The data
@@ -28,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="model.safetensors or a run directory")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=None, help="default: the training size")
     p.add_argument("--shuffle", action="store_true", help="also evaluate every size with patches shuffled")
+    p.add_argument(
+        "--protocols", nargs="+", default=None, choices=["zoom", "extent"],
+        help="zoom: the inputs resized; extent: a larger canvas at the training scale (compass sets); "
+        "default: the run's eval.protocols",
+    )  # fmt: skip
     p.add_argument("--dataset", default=None, help="default: the run's config.yaml")
     p.add_argument("--data-root", default=None, help="default: the run's config.yaml, else data")
     p.add_argument("--split", default=None, help="default: the run's val split")
@@ -43,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, sizes=args.sizes, shuffle=args.shuffle, dataset=args.dataset,
             root=args.data_root, split=args.split, backend=args.backend, batch_size=args.batch_size,
             workers=args.workers, seed=args.seed, out_dir=args.out, device=args.device,
+            protocols=args.protocols,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, DataError) as err:
         return fail(err)

@@ -244,6 +244,8 @@ def _request_fingerprint(source: str, formats: Sequence[str], kwargs: dict[str, 
             "source": source,
             "formats": sorted(formats),
             "checksums": CHECKSUM_ALGORITHM,  # data prepared before per-sample checksums is prepared again
+            # a source that gained splits or changed its samples says so with a revision (0: never)
+            **({"revision": revision} if (revision := getattr(source_class(source), "revision", 0)) else {}),
             **{k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY},
         }
     )

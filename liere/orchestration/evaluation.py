@@ -27,10 +27,12 @@ def parse_size(text: str) -> list[int] | int:
 
 
 def row_name(row: dict[str, Any]) -> str:
-    """An evaluation row's name in predictions, reports and metrics: ``16x16`` or ``16x16 shuffled``."""
+    """An evaluation row's name in predictions, reports and metrics: ``16x16`` (zoom: the inputs
+    resized), ``16x16 extent`` (a larger canvas at the training scale) or ``16x16 shuffled``."""
     from liere.engine.evaluate import size_name
 
-    return size_name(row["size"]) + (" shuffled" if row.get("shuffled") else "")
+    extent = " extent" if row.get("protocol") == "extent" else ""
+    return size_name(row["size"]) + extent + (" shuffled" if row.get("shuffled") else "")
 
 
 def resolve_weights(checkpoint: str | Path) -> tuple[Path, Path | None]:
@@ -83,8 +85,8 @@ class EvalData:
     seed: int
     crop_ratio: float | None
 
-    def loader(self, size: list[int]):
-        """The split at ``size`` through the engine's evaluation loader, in this one process."""
+    def loader(self, size: list[int], split: str | None = None):
+        """The split (default: this view's) at ``size`` through the engine's evaluation loader, in this one process."""
         from omegaconf import OmegaConf
 
         from liere.engine.data import eval_loader
@@ -92,7 +94,7 @@ class EvalData:
 
         view = OmegaConf.create({
             "data": {
-                "dataset": self.dataset, "root": self.root, "val_split": self.split, "backend": self.backend,
+                "dataset": self.dataset, "root": self.root, "val_split": split or self.split, "backend": self.backend,
                 "access": "indexed",  # the prepared local shards of the run's data set
                 "batch_size": self.batch_size, "eval_batch_size": self.batch_size, "workers": self.workers,
                 "eval_crop_ratio": self.crop_ratio,
@@ -116,10 +118,12 @@ def evaluate_checkpoint(
     seed: int = 0,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    protocols: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate at every size (and shuffled, if asked); write eval.json/.md/.png and predictions.npz.
+    """Evaluate at every size under each protocol (and shuffled, if asked); write eval.json/.md/.png
+    and predictions.npz. ``protocols`` default to the run's ``eval.protocols``, else zoom.
 
-    Rows are {"size", "shuffled", "top1", "top5", "loss", "count"}. Runs in this one process.
+    Rows are {"size", "protocol", "shuffled", "top1", "top5", "loss", "count"}. Runs in this one process.
     """
     import torch
     from omegaconf import OmegaConf
@@ -145,7 +149,8 @@ def evaluate_checkpoint(
     sizes = per_axis_sizes(sizes or [train_size], len(train_size))
     out = Path(out_dir) if out_dir else weights.parent
     out.mkdir(parents=True, exist_ok=True)
-    rows, preds = evaluate_sizes(model, data, sizes, shuffle=shuffle, device=dev)
+    protocols = list(protocols or (cfg.get("eval", {}).get("protocols") if cfg else None) or ["zoom"])
+    rows, preds = evaluate_sizes(model, data, sizes, shuffle=shuffle, device=dev, protocols=protocols)
     result = {
         "weights": str(weights),
         "dataset": data.dataset,
@@ -158,27 +163,77 @@ def evaluate_checkpoint(
     return result
 
 
+PROTOCOLS = ("zoom", "extent")
+
+
 def evaluate_sizes(
-    model, data: EvalData, sizes: list[list[int]], *, shuffle: bool, device
+    model, data: EvalData, sizes: list[list[int]], *, shuffle: bool, device, protocols=("zoom",)
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows, predictions): every size, then shuffled if asked; predictions by row name, each
-    (3, samples): data-set index, label, predicted class."""
+    """(rows, predictions): every size under each protocol, zoom also shuffled if asked; predictions
+    by row name, each (3, samples): data-set index, label, predicted class."""
     import numpy as np
     import torch
 
     from liere.engine.evaluate import evaluate, result_line, shuffle_patches
 
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown evaluation protocol(s) {unknown}; expected some of {PROTOCOLS}")
     rows, preds = [], {}
-    for size in sizes:
-        for shuffled in [False, True] if shuffle else [False]:
-            gen = torch.Generator().manual_seed(data.seed)
-            transform = (lambda x, g=gen: shuffle_patches(x, model.patch_size, g)) if shuffled else None
-            r = evaluate(model, data.loader(size), device, transform=transform, predictions=True)
-            name = row_name({"size": size, "shuffled": shuffled})
-            preds[name] = np.stack([r.pop("index").numpy(), r.pop("label").numpy(), r.pop("pred").numpy()])
-            rows.append({"size": size, "shuffled": shuffled, **r})
-            print(result_line(name, r), flush=True)
+    for protocol in protocols:
+        splits = (
+            [extent_split_for(data, list(model.img_size), size) for size in sizes]
+            if protocol == "extent"
+            else [None] * len(sizes)
+        )
+        for size, split in zip(sizes, splits):
+            for shuffled in [False, True] if shuffle and protocol == "zoom" else [False]:
+                gen = torch.Generator().manual_seed(data.seed)
+                transform = (lambda x, g=gen: shuffle_patches(x, model.patch_size, g)) if shuffled else None
+                r = evaluate(model, data.loader(size, split), device, transform=transform, predictions=True)
+                row = {"size": size, "protocol": protocol, "shuffled": shuffled}
+                name = row_name(row)
+                preds[name] = np.stack(
+                    [r.pop("index").numpy(), r.pop("label").numpy(), r.pop("pred").numpy()]
+                )
+                rows.append({**row, **r})
+                print(result_line(name, r), flush=True)
     return rows, preds
+
+
+def extent_split(split: str, size: int) -> str:
+    """The name of the split that draws ``split``'s samples on a ``size``-pixel canvas (compass sets)."""
+    from pipelines.sources.embedded import extent_split as name
+
+    return name(split, size)
+
+
+def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> str:
+    """The split the extent protocol reads at ``size``: the split itself at the training size, else
+    its ``-extent<S>`` sibling (prepared on first use for an embedded data set). Equal sides only."""
+    import pipelines
+    from pipelines.sources import list_sources, source_class
+
+    if list(size) == list(train_size):
+        return data.split
+    if len(set(size)) != 1:
+        raise ValueError(
+            f"extent protocol: size {size} must have equal sides (the data set draws square canvases)"
+        )
+    if data.dataset not in list_sources() or not getattr(source_class(data.dataset), "draws_extent", False):
+        raise ValueError(
+            f"extent protocol: data set {data.dataset!r} does not draw larger canvases (compass2d and compass3d do)"
+        )
+    split = extent_split(data.split, size[0])
+    info = pipelines.dataset_info(data.root, data.dataset)
+    if split not in info["splits"]:  # prepared before the data set drew extent splits: add them
+        info = pipelines.ensure_prepared(
+            data.dataset, data.root, formats=["ffcv" if data.backend == "ffcv" else "webdataset"]
+        )
+    if split not in info["splits"]:
+        have = sorted(s for s in info["splits"] if s.startswith(data.split + "-extent"))
+        raise ValueError(f"extent protocol: {data.dataset} has no split {split!r} (it draws {have})")
+    return split
 
 
 def write_outputs(result: dict[str, Any], preds: dict[str, Any], out: Path, *, title: str) -> None:
@@ -191,7 +246,12 @@ def write_outputs(result: dict[str, Any], preds: dict[str, Any], out: Path, *, t
     np.savez_compressed(out / "predictions.npz", **preds)  # rows: index, label, predicted class
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     rows = result["rows"]
-    write_sweep_report([r for r in rows if not r["shuffled"]], out, title=title, stem="eval")
+    zoom = [r for r in rows if not r["shuffled"] and r.get("protocol", "zoom") == "zoom"]
+    write_sweep_report(zoom, out, title=title, stem="eval")
     with open(out / "eval.md", "a") as f:
+        for r in (r for r in rows if r.get("protocol") == "extent"):
+            f.write(
+                f"\nExtent (larger canvas, training scale) {size_name(r['size'])}: top-1 {100 * r['top1']:.2f}%\n"
+            )
         for r in (r for r in rows if r["shuffled"]):
             f.write(f"\nPatches shuffled at {size_name(r['size'])}: top-1 {100 * r['top1']:.2f}%\n")

@@ -143,13 +143,15 @@ def _signed_ci(ci: list[float] | None) -> str:
     return "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
 
 
-def _eval_keys(arms: list[dict[str, Any]]) -> list[str]:
+def _eval_keys(arms: list[dict[str, Any]], protocol: str = "zoom") -> list[str]:
+    """The evaluation columns of one protocol, by size: ``48x48`` (zoom) or ``48x48 extent``."""
     keys: list[str] = []
     for arm in arms:
         for k in arm.get("evals", {}):
-            if k not in keys and not k.endswith("shuffled"):
-                keys.append(k)
-    return sorted(keys, key=lambda k: [int(v) for v in k.split("x")])
+            if k in keys or k.endswith("shuffled") or k.endswith(" extent") != (protocol == "extent"):
+                continue
+            keys.append(k)
+    return sorted(keys, key=lambda k: [int(v) for v in k.split()[0].split("x")])
 
 
 def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> str:
@@ -159,6 +161,7 @@ def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> st
         *_header(stats, cfg),
         *_main_table(stats),
         *_resolution_table(stats, keys, plot),
+        *_extent_table(stats, _eval_keys(stats["arms"], "extent")),
         *_sparsity_table(stats["arms"]),
         *_runs_table(runs, keys, stats["train_size"]),
     ]
@@ -211,9 +214,10 @@ def _main_table(stats: dict[str, Any]) -> list[str]:
 def _resolution_table(stats: dict[str, Any], keys: list[str], plot: Path | None) -> list[str]:
     lines = [
         "",
-        "## Accuracy against evaluation resolution",
+        "## Accuracy against evaluation resolution (zoom)",
         "",
-        "Top-1 (%) mean ± std over seeds; the model was trained at " + stats["train_size"] + ".",
+        "Top-1 (%) mean ± std over seeds; the model was trained at " + stats["train_size"] + ". *Zoom*: the "
+        "validation inputs resized to each size (the same content at more pixels).",
         "",
         "| encoding | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),
@@ -228,6 +232,32 @@ def _resolution_table(stats: dict[str, Any], keys: list[str], plot: Path | None)
         lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
     if plot is not None:
         lines += ["", f"![accuracy against evaluation resolution]({plot.name})"]
+    return lines
+
+
+def _extent_table(stats: dict[str, Any], keys: list[str]) -> list[str]:
+    """The extent protocol: the data set's own larger canvases at the training scale."""
+    if not keys:
+        return []
+    train = stats["train_size"]
+    lines = [
+        "",
+        "## Accuracy on larger canvases at the training scale (extent)",
+        "",
+        f"Top-1 (%) mean ± std over seeds. *Extent*: the same validation samples drawn on a larger canvas "
+        f"(marks and distances keep their pixel sizes; more tokens around them); {train} is the validation split itself.",
+        "",
+        "| encoding | " + " | ".join(k.split()[0] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for a in stats["arms"]:
+        if a["top1_mean"] is None:
+            continue
+        cells = [
+            f"{_pct(a['evals'][k]['mean'])} ± {_pct(a['evals'][k]['std'])}" if k in a["evals"] else "-"
+            for k in keys
+        ]
+        lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -287,20 +317,26 @@ def plot_resolution(stats: dict[str, Any], path: Path, title: str) -> Path | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = _eval_keys(stats["arms"])
+    keys, extent = _eval_keys(stats["arms"]), _eval_keys(stats["arms"], "extent")
     if not keys:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    x = [int(k.split("x")[-1]) for k in keys]
     for a in stats["arms"]:
         if a["top1_mean"] is None:
             continue
-        seeds = np.array([a["evals"][k]["seeds"] for k in keys if k in a["evals"]]).T * 100  # (seeds, sizes)
-        xs = [xv for xv, k in zip(x, keys) if k in a["evals"]]
-        line = ax.plot(xs, seeds.mean(axis=0), "o-", label=a["label"])[0]
-        ax.fill_between(xs, seeds.min(axis=0), seeds.max(axis=0), color=line.get_color(), alpha=0.15)
+        colour = None
+        for ks, style, suffix in ((keys, "o-", ""), (extent, "s--", " (extent)")):
+            present = [k for k in ks if k in a["evals"]]
+            if not present:
+                continue
+            seeds = np.array([a["evals"][k]["seeds"] for k in present]).T * 100  # (seeds, sizes)
+            xs = [int(k.split()[0].split("x")[-1]) for k in present]
+            line = ax.plot(xs, seeds.mean(axis=0), style, color=colour, label=a["label"] + suffix)[0]
+            colour = line.get_color()
+            if not suffix:
+                ax.fill_between(xs, seeds.min(axis=0), seeds.max(axis=0), color=colour, alpha=0.15)
     ax.axvline(int(stats["train_size"].split("x")[-1]), color="gray", ls=":", lw=1)
-    ax.set_xlabel("evaluation size (last axis; dotted: training size)")
+    ax.set_xlabel("evaluation size (last axis; dotted: training size; dashed: extent, solid: zoom)")
     ax.set_ylabel("top-1 (%)  (mean; band: min-max over seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

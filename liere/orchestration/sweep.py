@@ -52,6 +52,7 @@ class SweepSpec:
     variant: list[str] = field(default_factory=list)  # LABEL:KEY=VALUE,... arms
     seeds: int = 3
     sizes: list[str] | None = None  # evaluation sizes (default: the config's eval.sizes)
+    protocols: list[str] | None = None  # zoom and/or extent (default: the config's eval.protocols)
     name: str | None = None  # default: the config's name
     out: str | None = None  # default: runs/compare/NAME
     nproc: int = 1  # ranks per local run
@@ -272,8 +273,9 @@ class Sweep:
                 print(f"{run.name}: FAILED: {err}", file=sys.stderr, flush=True)
         return True
 
-    def evaluate(self, sizes: list[Any] | None, parent: Parent) -> None:
-        """Evaluate every finished run (kept from an earlier pass when it covers ``sizes``)."""
+    def evaluate(self, sizes: list[Any] | None, parent: Parent, protocols: list[str]) -> None:
+        """Evaluate every finished run (kept from an earlier pass when it covers ``sizes`` under
+        every protocol)."""
         from liere.orchestration.evaluation import evaluate_checkpoint
 
         wanted = [[s] if isinstance(s, int) else s for s in sizes] if sizes else None
@@ -285,7 +287,11 @@ class Sweep:
             cached = run.out_dir / "compare_eval" / "eval.json"
             if cached.is_file():
                 done = json.loads(cached.read_text())
-                if wanted is None or all(any(_same_size(r["size"], w) for r in done["rows"]) for w in wanted):
+                have = {r.get("protocol", "zoom") for r in done["rows"]}
+                sized = wanted is None or all(
+                    any(_same_size(r["size"], w) for r in done["rows"]) for w in wanted
+                )
+                if sized and have >= set(protocols):
                     run.eval = done
                     continue
             print(f"evaluating {run.name}", flush=True)
@@ -295,6 +301,7 @@ class Sweep:
                 shuffle=True,
                 batch_size=self.spec.eval_batch_size,
                 out_dir=run.out_dir / "compare_eval",
+                protocols=protocols,
             )
             parent.log_child_eval(run)
 
@@ -334,7 +341,7 @@ def run_sweep(spec: SweepSpec, command: str) -> int:
                 return 0
         else:
             sweep.run_local()
-    sweep.evaluate(sizes, parent)
+    sweep.evaluate(sizes, parent, list(spec.protocols or base.eval.protocols))
     report, files = write_report(
         runs, out, base, command=command, resamples=spec.bootstrap, wall_s=time.time() - t0
     )

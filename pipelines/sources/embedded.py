@@ -5,6 +5,13 @@ Alpaydin & Kaynak 1998). `compass2d`/`compass3d` draw an anchor mark and a targe
 the direction of the target seen from the anchor, so it depends only on their relative position,
 while the pair is placed uniformly at random wherever it fits (absolute position is drawn
 independently of the label). Every sample is a pure function of (seed, split, index).
+
+The compass sets also hold **extent** splits, ``val-extent<S>``: validation sample i of ``val`` (the
+same label, direction and distance, drawn from the same random stream) on a larger S-pixel canvas
+at the training scale: marks and distances keep their pixel sizes, the pair is placed anywhere on
+the canvas, the noise background covers all of it. Evaluating there asks whether a model handles
+more tokens of the same kind of scene; resizing ``val`` to S asks about a zoomed scene (the marks
+grow with it). docs/results.md reports both.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from pipelines.sources.base import Sample, Source
 from pipelines.sources.registry import register_source
 
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+EXTENT = "-extent"
+
+
+def extent_split(split: str, size: int) -> str:
+    """The name of ``split`` drawn on a ``size``-pixel canvas at the training scale."""
+    return f"{split}{EXTENT}{int(size)}"
 
 
 def _stats(arrays: list[np.ndarray], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -75,34 +88,52 @@ class _Compass(Source):
     needs_src = False
     ndim = 2
 
-    def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0):
+    draws_extent = True  # holds val-extent<S> splits (eval.protocols: extent)
+    revision = 1  # 1: the extent splits (data prepared before is prepared again, adding them)
+
+    def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0, extent_sizes=()):
         self.size = int(size)
         if self.size < 8:
             raise ValueError(f"{self.name}: size must be at least 8, got {self.size}")
         self.seed = int(seed)
         self._counts = {"train": int(num_train), "val": int(num_val)}
+        self.extent_sizes = tuple(int(e) for e in extent_sizes)
+        if any(e <= self.size for e in self.extent_sizes):
+            raise ValueError(
+                f"{self.name}: extent sizes {self.extent_sizes} must exceed the size {self.size}"
+            )
         self.mark = max(1, self.size // 16)
         sample = [self.get("train", i).data for i in range(min(64, self._counts["train"]))]
         self.mean, self.std = _stats(sample, self.channels)
 
     def splits(self) -> list[str]:
-        return ["train", "val"]
+        return ["train", "val", *(extent_split("val", e) for e in self.extent_sizes)]
 
     def num_samples(self, split: str) -> int:
         self._check_split(split)
-        return self._counts[split]
+        return self._counts[self._base(split)[0]]
+
+    def _base(self, split: str) -> tuple[str, int]:
+        """``val-extent64`` -> ("val", 64); any other split -> (split, the training size)."""
+        if EXTENT in split:
+            base, size = split.split(EXTENT)
+            return base, int(size)
+        return split, self.size
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "size": self.size, "seed": self.seed, "counts": self._counts}
 
     def _rng(self, split: str, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _SPLIT_CODE.get(split, 9), int(index)])
+        """An extent split draws from its base split's stream: the same label and displacement."""
+        return np.random.default_rng([self.seed, _SPLIT_CODE.get(self._base(split)[0], 9), int(index)])
 
-    def _place(self, rng: np.random.Generator, disp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _place(
+        self, rng: np.random.Generator, disp: np.ndarray, canvas: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Uniform anchor position such that anchor and anchor + disp both fit on the canvas."""
         m = self.mark
         lo = np.maximum(0, -disp)
-        hi = self.size - m - np.maximum(0, disp)  # inclusive upper bound for the anchor corner
+        hi = canvas - m - np.maximum(0, disp)  # inclusive upper bound for the anchor corner
         anchor = np.array([rng.integers(a, b + 1) for a, b in zip(lo, hi)])
         return anchor, anchor + disp
 
@@ -115,22 +146,26 @@ class Compass2D(_Compass):
     kind = "image"
     ndim = 2
 
-    def __init__(self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0):
+    def __init__(
+        self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0, extent_sizes=(48, 64)
+    ):
         self.classes = ["E", "NE", "N", "NW", "W", "SW", "S", "SE"]
         self.channels = 3
-        super().__init__(size, num_train, num_val, seed)
+        super().__init__(size, num_train, num_val, seed, extent_sizes)
 
     def get(self, split: str, index: int) -> Sample:
+        self._check_split(split)
         rng = self._rng(split, index)
         label = int(rng.integers(0, 8))
         m, s = self.mark, self.size
+        canvas = self._base(split)[1]
         # angle inside the label's 45 degree sector, 7.5 degrees away from its borders
         angle = np.deg2rad(label * 45.0 + rng.uniform(-15.0, 15.0))
         length = rng.uniform(0.25, 0.6) * (s - m)
         # image rows grow downwards: "north" is a negative row displacement
         disp = np.round([-length * np.sin(angle), length * np.cos(angle)]).astype(int)
-        a, t = self._place(rng, disp)
-        img = rng.integers(0, 24, size=(s, s, 3), dtype=np.uint8)  # faint noise background
+        a, t = self._place(rng, disp, canvas)
+        img = rng.integers(0, 24, size=(canvas, canvas, 3), dtype=np.uint8)  # faint noise background
         img[a[0] : a[0] + m, a[1] : a[1] + m] = (255, 40, 40)
         img[t[0] : t[0] + m, t[1] : t[1] + m] = (40, 255, 40)
         return Sample(img, label, f"{self.name} seed={self.seed} {split}#{index}")
@@ -144,23 +179,27 @@ class Compass3D(_Compass):
     kind = "volume"
     ndim = 3
 
-    def __init__(self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0):
+    def __init__(
+        self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0, extent_sizes=(24, 32)
+    ):
         self.classes = ["+x", "-x", "+y", "-y", "+z", "-z"]
         self.channels = 1
-        super().__init__(size, num_train, num_val, seed)
+        super().__init__(size, num_train, num_val, seed, extent_sizes)
 
     def get(self, split: str, index: int) -> Sample:
+        self._check_split(split)
         rng = self._rng(split, index)
         label = int(rng.integers(0, 6))
         m, s = self.mark, self.size
+        canvas = self._base(split)[1]
         axis = {0: 2, 1: 2, 2: 1, 3: 1, 4: 0, 5: 0}[label]  # array axes are (z, y, x)
         sign = 1 if label % 2 == 0 else -1
         main = rng.uniform(0.3, 0.6) * (s - m)
         disp = rng.uniform(-0.45, 0.45, size=3) * main  # off-axis parts stay well below the main one
         disp[axis] = sign * main
         disp = np.round(disp).astype(int)
-        a, t = self._place(rng, disp)
-        vol = rng.integers(0, 24, size=(1, s, s, s), dtype=np.uint8)
+        a, t = self._place(rng, disp, canvas)
+        vol = rng.integers(0, 24, size=(1, canvas, canvas, canvas), dtype=np.uint8)
         vol[0, a[0] : a[0] + m, a[1] : a[1] + m, a[2] : a[2] + m] = 255
         vol[0, t[0] : t[0] + m, t[1] : t[1] + m, t[2] : t[2] + m] = 128
         return Sample(vol, label, f"{self.name} seed={self.seed} {split}#{index}")
