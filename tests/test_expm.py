@@ -75,3 +75,35 @@ def test_gradients_are_exact(norm):
     scales = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)  # three squaring levels in one batch
     X = (A * scales[:, None, None]).requires_grad_()
     assert torch.autograd.gradcheck(skew_expm, (X,), atol=1e-7, rtol=1e-5)
+
+
+def _paper_exponents():
+    """Paper-initialised exponents over several squaring levels: 8 x 8 at twice the grid, dense 64 x 64."""
+    torch.manual_seed(0)
+    return [generators(8, "paper", 2, grid=14, scale=2.0)[::8], generators(64, "paper", 2, grid=8)[::4]]
+
+
+def test_the_path_without_host_reads_gives_the_grouped_bits_and_gradients():
+    """``init: paper`` exponents over many squaring levels: the masked path (accelerators, compile)
+    and the grouped path (CPU, eager) agree bit for bit, forward and backward."""
+    for X in _paper_exponents():
+        assert len(torch.unique(squarings(X))) > 2  # several levels: the grouping is exercised
+        X = X.requires_grad_()
+        grouped, masked = skew_expm(X, host_reads=True), skew_expm(X, host_reads=False)
+        w = torch.randn_like(grouped)
+        (g_grouped,) = torch.autograd.grad(grouped, X, w)
+        (g_masked,) = torch.autograd.grad(masked, X, w)
+        assert torch.equal(grouped, masked)
+        assert torch.equal(g_grouped, g_masked)
+    assert torch.equal(skew_expm(X), skew_expm(X, host_reads=True))  # the CPU default is the grouped path
+
+
+def test_past_the_squaring_bound_the_path_without_host_reads_is_nan_not_wrong():
+    from liere.encodings.expm import MAX_SQUARINGS
+
+    X = torch.zeros(2, 2, 2)
+    big = THETA * 2.0 ** (MAX_SQUARINGS + 1)
+    X[1, 0, 1], X[1, 1, 0] = big, -big
+    masked = skew_expm(X, host_reads=False)
+    assert torch.equal(masked[0], torch.eye(2)) and masked[1].isnan().all()
+    assert torch.isfinite(skew_expm(X, host_reads=True)).all()  # the grouped path has no bound

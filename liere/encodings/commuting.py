@@ -83,14 +83,15 @@ class STRING(ConjugatedRoPE):
         return self.freqs
 
     def basis(self) -> Tensor:
-        """The orthogonal P (L, H, d, d) = (I + S)^-1 (I - S)."""
+        """The orthogonal P (L, H, d, d) = (I + S)^-1 (I - S). I + S is invertible for every real skew S
+        (eigenvalues 1 + i lambda): ``solve_ex`` skips ``solve``'s singularity check, a host sync on GPUs."""
         d = self.head_dim
         s = self.cayley.float()
         skew = s.new_zeros(*s.shape[:-1], d, d)
         skew[..., self._rows, self._cols] = s
         skew = skew - skew.transpose(-1, -2)
         eye = torch.eye(d, dtype=s.dtype, device=s.device)
-        return torch.linalg.solve(eye + skew, eye - skew)
+        return torch.linalg.solve_ex(eye + skew, eye - skew, check_errors=False).result
 
 
 def real_fourier_basis(d: int) -> Tensor:
