@@ -78,3 +78,27 @@ def test_grid_init_is_the_paper_draw_scaled_per_axis():
 def test_grid_init_needs_the_training_grid():
     with pytest.raises(ValueError, match="grid_shape"):
         build("liere8", num_axes=2, **GEOMETRY, init="grid")
+
+
+def test_position_grid_keeps_the_pretraining_spacing():
+    """Fine-tuning at 2x: with position_grid the 8 x 8 grid's positions step by 1/3 (the 4 x 4
+    pretraining grid's spacing) instead of 1/7; additive encodings build as before."""
+    from liere.encodings.positions import grid_positions
+    from liere.models import create_model
+
+    vit = create_model(
+        "vit_nano_patch8", img_size=[64, 64], num_classes=8, encoding="liere8", position_grid=[4, 4]
+    )
+    assert torch.allclose(vit.encoding.positions((8, 8)), grid_positions((8, 8), (4, 4), "proportional"))
+    plain = create_model("vit_nano_patch8", img_size=[64, 64], num_classes=8, encoding="liere8")
+    assert float(plain.encoding.positions((8, 8))[1, 1]) == pytest.approx(1 / 7)
+    assert (
+        angle_summary(step_angles(vit.encoding))["median"]
+        > 2 * angle_summary(step_angles(plain.encoding))["median"]
+    )
+    ape = create_model(
+        "vit_nano_patch8", img_size=[64, 64], num_classes=8, encoding="ape", position_grid=[4, 4]
+    )
+    assert ape.encoding.pos_embed.shape[1] == 64
+    with pytest.raises(ValueError, match="num_axes"):
+        build("liere8", num_axes=2, grid_shape=(8, 8), reference_grid=(4, 4, 4), **GEOMETRY)

@@ -41,7 +41,7 @@ def step_angles(encoding: RotaryEncoding, grid_shape: Sequence[int] | None = Non
     the training grid), flattened (float64, radians). One value per invariant plane of every block."""
     grid = tuple(grid_shape or encoding.grid_shape)
     gens = encoding.generator_matrices().detach().double()  # (A, L, H, K, g, g), skew-symmetric
-    steps = axis_steps(encoding.position_scheme, grid, encoding.grid_shape)
+    steps = axis_steps(encoding.position_scheme, grid, encoding.position_reference)
     sv = torch.linalg.svdvals(gens)  # |eigenvalues|, in equal pairs, descending: (A, L, H, K, g)
     planes = sv[..., 0 : 2 * (sv.shape[-1] // 2) : 2]  # one per pair (an odd block's last is 0)
     scale = torch.tensor(steps, dtype=torch.float64).view(-1, *([1] * (planes.dim() - 1)))

@@ -175,8 +175,22 @@ class RotaryEncoding(PositionEncoding):
     is_rotary = True
     default_scheme = "proportional"
 
-    def __init__(self, *, positions: str | None = None, augment=None, **geometry) -> None:
+    def __init__(
+        self,
+        *,
+        positions: str | None = None,
+        augment=None,
+        reference_grid: Sequence[int] | None = None,
+        **geometry,
+    ) -> None:
         super().__init__(**geometry)
+        # the grid whose spacing positions keep (default: the training grid); fine-tuning at a new
+        # size passes the pretraining grid, so a patch step turns as far as it did in pretraining
+        self.reference_grid = None if reference_grid is None else tuple(int(s) for s in reference_grid)
+        if self.reference_grid is not None and len(self.reference_grid) != self.num_axes:
+            raise ValueError(
+                f"reference_grid {self.reference_grid} does not have num_axes={self.num_axes} axes"
+            )
         self.position_scheme = positions or self.default_scheme
         if self.position_scheme not in SCHEMES:
             raise ValueError(f"unknown position scheme {self.position_scheme!r}; expected one of {SCHEMES}")
@@ -209,7 +223,12 @@ class RotaryEncoding(PositionEncoding):
             raise ValueError(
                 f"grid {tuple(grid_shape)} has {len(grid_shape)} axes; encoding has {self.num_axes}"
             )
-        return grid_positions(grid_shape, self.grid_shape, self.position_scheme, device=device)
+        return grid_positions(grid_shape, self.position_reference, self.position_scheme, device=device)
+
+    @property
+    def position_reference(self) -> tuple[int, ...] | None:
+        """The grid whose spacing the positions follow: ``reference_grid``, else the training grid."""
+        return self.reference_grid or self.grid_shape
 
     def _reference(self) -> Tensor:
         """A parameter or buffer of the module: where and in which dtype the rotations live."""

@@ -18,6 +18,7 @@ def build(
     depth: int,
     num_axes: int,
     grid_shape: Sequence[int] | None = None,
+    reference_grid: Sequence[int] | None = None,
     **options,
 ) -> PositionEncoding:
     """Build the encoding ``name`` for a model of this geometry.
@@ -25,6 +26,8 @@ def build(
     ``grid_shape`` is the training grid of patches (needed by ``ape`` and by the proportional
     position scheme); ``options`` are the encoding's own (``block_size``, ``per_layer``, ``init``,
     ``theta``, ``positions``...). An unknown name or option is an error that names it.
+    ``reference_grid`` (rotary encodings; additive ones ignore it) is the grid whose spacing the
+    positions keep in place of ``grid_shape``'s: the pretraining grid when fine-tuning at a new size.
     """
     key = name.lower()
     if key in ALIASES:
@@ -32,6 +35,8 @@ def build(
         options = {**preset, **options}
     if key not in ENCODINGS:
         raise ValueError(f"unknown position encoding {name!r}; expected one of {list_encodings()}")
+    if reference_grid is not None and getattr(ENCODINGS[key], "is_rotary", False):
+        options["reference_grid"] = reference_grid
     try:
         return ENCODINGS[key](
             head_dim=head_dim,

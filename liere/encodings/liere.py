@@ -91,9 +91,10 @@ class LieRE(RotaryEncoding):
         """Per axis: the reference step (1/13) over one patch step of the training grid."""
         from liere.encodings.angles import axis_steps
 
-        if self.grid_shape is None:
+        grid = self.position_reference
+        if grid is None:
             raise ValueError("liere: init 'grid' scales the generators to the training grid; pass grid_shape")
-        steps = axis_steps(self.position_scheme, self.grid_shape, self.grid_shape)
+        steps = axis_steps(self.position_scheme, grid, grid)
         return torch.tensor([GRID_REFERENCE_STEP / s for s in steps], dtype=self.upper.dtype)
 
     def skew(self, upper: Tensor) -> Tensor:

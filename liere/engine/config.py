@@ -51,6 +51,9 @@ class ModelConfig:
     layer_scale: float | None = (
         None  # LayerScale's initial gain on every residual branch (DeiT III: 1e-4; null: off)
     )
+    # rotary positions keep this patch grid's spacing instead of the training grid's (fine-tuning at a
+    # new size: the pretraining grid, e.g. [14, 14] for 224 px at patch 16); null: the training grid
+    position_grid: list[int] | None = None
 
 
 @dataclass
@@ -288,6 +291,13 @@ def _check_model(m: DictConfig, d: DictConfig) -> None:
     _need(0 < m.norm_eps < 1, "model.norm_eps", m.norm_eps, "expected a small positive number (1e-6, 1e-5)")
     _need(
         m.layer_scale is None or m.layer_scale > 0, "model.layer_scale", m.layer_scale, "expected null or > 0"
+    )
+    pg = m.position_grid
+    _need(
+        pg is None or (len(pg) == len(m.img_size) and all(int(s) >= 1 for s in pg)),
+        "model.position_grid",
+        None if pg is None else list(pg),
+        f"expected null or {len(m.img_size)} positive patch counts",
     )
     models, encodings = liere.list_models(), liere.encodings.list_encodings()
     _need(m.name in models, "model.name", m.name, f"unknown model; registered: {models}")

@@ -111,6 +111,7 @@ def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
             k: m[k]
             for k in ("drop_path_schedule", "qkv_bias", "init", "norm_eps", "head_drop", "layer_scale")
         },
+        "position_grid": None if m.position_grid is None else list(m.position_grid),
     }
     if m.patch_size is not None:
         kwargs["patch_size"] = list(m.patch_size)

@@ -86,6 +86,7 @@ class VisionTransformer(nn.Module):
         head_drop: bool = True,
         layer_scale: float | None = None,
         drop_path_schedule: str = "linear",
+        position_grid: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.img_size, self.patch_size = _spatial_sizes(img_size, patch_size)
@@ -105,6 +106,7 @@ class VisionTransformer(nn.Module):
             depth=depth,
             num_axes=n,
             grid_shape=self.grid_shape,
+            reference_grid=position_grid,
             **(encoding_options or {}),
         )
         self.pos_drop = nn.Dropout(drop_rate)
