@@ -6,7 +6,13 @@ other backends exactly. On a machine with a GPU the JPEGs are decoded with DALI'
 decoder and every later op runs on the GPU; without one (or with device="cpu") everything runs on
 the CPU (`device_id=None`).
 RandAugment (2D training) is DALI's own `auto_aug.rand_augment` suite, set to randaugment.py's ranges; it
-needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then.
+needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then. 3-Augment and
+colour jitter are DALI operators too (_three_augment); their draws are DALI's per-sample generators (seeded per run
+and rank), so each repeated copy differs, but not with the webdataset/FFCV backends' pixels.
+Images leave the pipeline as uint8 (float16 volumes as float16) and are normalized by the base class where they
+lie: on the GPU after a GPU pipeline. prefetch_queue_depth (2) runs stay in flight; evaluation pipelines, which
+draw nothing at random, are kept built per (split, size, batch, ...) and reused by the next loader of that key
+(take_pipeline), so validations and resolution sweeps build each decoder once.
 Samples are read (their checksums verified) in Python before they are fed, under the loader's bad-sample policy;
 a sample DALI's decoder refuses (possible only in shards without checksums) is found by decoding the batch
 with PIL and named in a BadSampleError; "skip" cannot replace it inside DALI's pipeline, so it ends the epoch.

@@ -2,9 +2,9 @@
 
 The sample order is ours (loaders/common.py): each epoch the FFCV loader is pointed at this rank's
 positions with sequential traversal, so order, rank partition and resume match the other backends.
-2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization; RandAugment, when asked
-for, runs on the uint8 batch in torch (randaugment.py, in this process) with the same per-sample seeds
-as the webdataset backend. 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
+2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization; RandAugment, 3-Augment and colour
+jitter, when asked for, run on the uint8 batch in torch (randaugment.py, transforms.py, in this process) with the
+same per-sample seeds as the webdataset backend (a repeated copy's from its slot). 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
 per-sample seeds as the webdataset backend.
 Integrity: FFCV's compiled reader cannot check the per-sample CRC-32s the writer stored (`{split}.crc32.npy`),
 so this loader recomputes them for each batch's samples from the file (shards/beton.py) before handing the

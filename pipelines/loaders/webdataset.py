@@ -1,6 +1,7 @@
 """The webdataset backend: reads the tar shards by position (mmap + index), decodes with PIL (2D) or
 numpy (3D) in torch DataLoader worker processes, and applies transforms.py's augmentations (and
-randaugment.py's RandAugment on 2D training images when asked for).
+randaugment.py's RandAugment, then 3-Augment / colour jitter, on 2D training images when asked for), each sample's
+draws seeded by (seed, epoch, key): its position, or its slot under repeated augmentation.
 
 Every sample is read through ShardReader.read (its checksum verified) and decoded under the loader's bad-sample
 policy: a sample that fails either is a BadSampleError naming shard, key and split, or (policy "skip") is
