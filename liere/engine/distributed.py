@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -185,6 +186,7 @@ def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.de
             timeout=datetime.timedelta(seconds=timeout_s),
             verbose=False,
         )
+    _control_group()  # every rank, right after the main group: the same order everywhere
     return denv, device
 
 
@@ -206,3 +208,66 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+# The end of a run waits this long for rank 0's exports and uploads (a file system or an MLflow server
+# may be slow): far past any export, so only Slurm's time limit or a dead rank 0 ends the wait.
+FINISH_WAIT_S = 7 * 24 * 3600
+_CONTROL: dict[str, Any] = {}
+
+
+def _multi() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _control_group(timeout_s: float = FINISH_WAIT_S):
+    """A CPU (gloo) group beside the main one for agreements between ranks that must not wait for the
+    device: its collectives run on host tensors, so they neither sync a GPU stream nor fall under NCCL's
+    watchdog. Its timeout is the end-of-run wait's (a dead peer still fails it at once: its sockets
+    close; a hung one fails the main group's collectives first). Created once per process group, by
+    every rank (new_group is collective)."""
+    if not _multi():
+        return None
+    if _CONTROL.get("world") is not dist.group.WORLD:
+        timeout = datetime.timedelta(seconds=timeout_s)
+        _CONTROL.update(world=dist.group.WORLD, group=dist.new_group(backend="gloo", timeout=timeout))
+    return _CONTROL["group"]
+
+
+class AnyRankLater:
+    """``any_rank`` once per step without a device sync or a wait: each call starts an asynchronous MAX
+    all-reduce of this call's flag over the CPU group and returns the previous call's result, the same on
+    every rank (a signal is acted on one step later). One rank: the flag itself, at once."""
+
+    def __init__(self) -> None:
+        self._pending: tuple[Any, torch.Tensor] | None = None
+
+    def __call__(self, flag: bool) -> bool:
+        if not _multi():
+            return flag
+        agreed = self.drain()
+        if not agreed:  # after a True every rank stops voting: none is left pending
+            vote = torch.tensor([1 if flag else 0], dtype=torch.int32)
+            work = dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=_control_group(), async_op=True)
+            self._pending = (work, vote)
+        return agreed
+
+    def drain(self) -> bool:
+        """The pending vote's result (False if none); afterwards nothing is in flight."""
+        if self._pending is None:
+            return False
+        work, vote = self._pending
+        self._pending = None
+        work.wait()
+        return bool(vote.item() > 0)  # a host tensor: no device sync
+
+
+def leave_together() -> None:
+    """The end of a run: the other ranks wait for rank 0 in a barrier of the CPU group (FINISH_WAIT_S,
+    not the device group's ``dist_timeout_s``: a slow export or upload on rank 0 must not kill them),
+    then every rank destroys the process groups at the same time, as NCCL wants."""
+    if not _multi():
+        return
+    dist.barrier(group=_control_group())
+    _CONTROL.clear()
+    dist.destroy_process_group()

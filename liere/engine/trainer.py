@@ -213,6 +213,7 @@ class Trainer:
         weight = cfg.sparsity.weight
         self.penalty = SparsityPenalty(cfg, self.steps_per_epoch) if weight else None
         self.stop = StopSignal()
+        self.stop_vote = distributed.AnyRankLater()  # the ranks agree on a signal without a device sync
         return self
 
     def _build_data_and_model(self):
@@ -329,6 +330,7 @@ class Trainer:
                 self.metrics.close()
             summary = self.finish()
             self.tracker.finish("FINISHED")
+            distributed.leave_together()  # the others waited for rank 0's exports on the host, untimed
             return summary
         except BaseException as err:
             if not isinstance(err, SystemExit):
@@ -370,7 +372,7 @@ class Trainer:
             self.ema.update()
         p.loader = self.loader.state_dict()
         self.metrics.optimizer_step(p.step, p.epoch, self.engine, getattr(self.loader, "bad_samples", 0))
-        if distributed.any_rank(self.stop.received is not None, self.device):
+        if self.stop_vote(self.stop.received is not None):  # (agreed one step after the signal)
             self.checkpointer.save(self.engine, p.step, self.client_state())
             return "preempted"
         self.checkpointer.after_step(self.engine, p.step, self.client_state())
@@ -437,9 +439,9 @@ class Trainer:
         }
         if summary["step_time_s"] is not None:
             self.tracker.log_metrics({"train/step_time_s": summary["step_time_s"]}, p.step)
+        self.stop_vote.drain()  # the collectives end here: rank 0's exports below are its own
         if self.denv.is_main:
             summary.update(write_outputs(self, tag, summary))
-        distributed.barrier()
         return summary
 
 
