@@ -7,7 +7,7 @@
 # Steps (each under its own time limit, 8 minutes in all; a failed step is recorded and the next runs):
 #   install   make install: the torch CUDA build and DALI wheel the driver asks for (make gpu-choices)
 #   demo      make demo on one GPU (configs/demo.yaml; precision auto: bf16 where the GPU has it)
-#   loaders   benchmarks/loaders.py --quick: DALI's mixed (nvJPEG) decode and FFCV to the device
+#   loaders   benchmarks/loaders.py --suite backends --quick: DALI's mixed (nvJPEG) decode and FFCV to the device
 #   recipe    the ImageNet ViT-S recipe on generated 256 px data: 20 steps with a checkpoint, a resume
 #             to 30, the export (checkpoint, resume, export on the GPU)
 #   step      benchmarks/gpu_step.py: ViT-S/16 and ViT-B/16 step time, MFU, peak memory per encoding,
@@ -57,7 +57,7 @@ step() {
 step install 180 make install
 step choices 10 make -s gpu-choices
 step demo 60 make demo NPROC=1  # auto precision: bf16 on a GPU with native bf16
-step loaders 45 "$py" benchmarks/loaders.py --quick --no-model --workers 8
+step loaders 45 "$py" benchmarks/loaders.py --suite backends --quick --no-model --workers 8
 data=$out/data run=$out/recipe
 step prepare 30 "$py" launch/prepare_data.py compass2d --out "$data" --image-size 256 --formats webdataset --workers 8
 recipe=(configs/imagenet/deit3_vit_s.yaml "data.root=$data" data.dataset=compass2d data.backend=dali
