@@ -87,6 +87,8 @@ def evaluate(
     steps = _all_ranks_max(len(loader), device)
     last = None
     kept: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
+    if hasattr(loader, "set_device"):
+        loader.set_device(device)  # batches finished where the model is (uint8 copied there first)
     it = iter(loader)
     for _ in range(steps):
         batch = next(it, None)

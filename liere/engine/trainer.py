@@ -222,6 +222,7 @@ class Trainer:
         cfg, m = self.cfg, self.cfg.model
         try:
             self.loader, self.info = build_data(cfg, self.denv)
+            self.loader.set_device(self.device)  # uint8 to the device, normalized and mixed there
         except ValueError as err:
             raise ConfigError(f"{cfg.config_path}: data.dataset={cfg.data.dataset!r}: {err}") from None
         try:  # e.g. an img_size the patch does not divide, a block size the head dim does not

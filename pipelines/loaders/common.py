@@ -55,6 +55,10 @@ class Loader:
     with mixup, cutmix or label_smoothing, the batch also holds `target`, float32 (B, num_classes) soft
     labels (`label` stays the unmixed class).
 
+    Finishing (normalizing, mixing) runs where `set_device` says, the CPU by default: on a GPU the raw
+    batch (uint8 images: a quarter of float32's bytes) is copied there first, non-blocking from pinned
+    memory, and `input` and `target` are made there; `label` and `index` stay on the CPU.
+
     Bad samples (unreadable, failing their checksum, undecodable) follow `bad_samples` ("raise" or "skip",
     loaders/bad_samples.py); `loader.bad_samples` is the number replaced so far on this rank (int, cumulative
     over epochs, workers' replacements included, kept in state_dict across a resume).
@@ -116,6 +120,8 @@ class Loader:
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)
+        self.device = torch.device("cpu")  # where batches are finished (set_device)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.epoch = 0
         self._skip = 0  # batches to skip at the start of the next iteration (resume)
         self._consumed = 0
@@ -272,16 +278,34 @@ class Loader:
             self.epoch = epoch + 1  # an epoch read to its end moves on, like FFCV; set_epoch overrides
             self._consumed = 0
 
+    def set_device(self, device: torch.device | str) -> None:
+        """Finish batches on `device` (the model's): raw batch there first, then normalize and mix there."""
+        self.device = torch.device(device)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on the finishing device, as it is (uint8 stays uint8); to a GPU from pinned memory, non-blocking."""
+        if x.device == self.device or self.device.type == "cpu":
+            return x
+        if self.device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
+            x = x.pin_memory()  # (the caching host allocator keeps it until the copy is done)
+        return x.to(self.device, non_blocking=True)
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:
+            self._stats[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats[device]
+
     def _finish(self, raw: dict[str, Any], epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
-        x = raw["input"]
+        """The raw batch to the finishing device first, then normalized and mixed there."""
+        x = self._to_device(raw["input"])
         if not raw.get("normalized", False):
-            x = T.normalize(x, self.mean.to(x.device), self.std.to(x.device))
+            x = T.normalize(x, *self._stats_on(x.device))
         batch = {"input": x, "label": raw["label"].to(torch.int64), "index": raw["index"].to(torch.int64)}
         if self.train and (self.mixup > 0 or self.cutmix > 0 or self.label_smoothing > 0):
             rng = np.random.default_rng([self.seed, epoch, batch_index, self.rank, 7])
             batch["input"], batch["target"] = T.mix_batch(
                 x,
-                batch["label"],
+                self._to_device(batch["label"]),  # the soft targets are made where the inputs are
                 self.num_classes,
                 rng,
                 mixup=self.mixup,

@@ -3,8 +3,10 @@
 The sample order is ours (loaders/common.py): each epoch the FFCV loader is pointed at this rank's
 positions with sequential traversal, so order, rank partition and resume match the other backends.
 2D: FFCV's random-resized-crop / center-crop decoders, flip and normalization; RandAugment, 3-Augment and colour
-jitter, when asked for, run on the uint8 batch in torch (randaugment.py, transforms.py, in this process) with the
-same per-sample seeds as the webdataset backend (a repeated copy's from its slot). 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
+jitter, when asked for, run on the uint8 batch in torch (randaugment.py, transforms.py, in this process, image by
+image on `workers` threads: torch's ops release the GIL) with the same per-sample seeds as the webdataset backend
+(a repeated copy's from its slot); the finished uint8 batch goes to the device in the base class (FFCV's ToDevice
+would copy before the checksum replacement and the augmentation, which work on the CPU batch). 3D: FFCV reads the arrays; transforms.py crops and flips them with the same
 per-sample seeds as the webdataset backend.
 Integrity: FFCV's compiled reader cannot check the per-sample CRC-32s the writer stored (`{split}.crc32.npy`),
 so this loader recomputes them for each batch's samples from the file (shards/beton.py) before handing the
@@ -17,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,7 @@ class FFCVLoader(Loader):
         self.batches_ahead = batches_ahead
         _record_thread_errors()
         self._loader = None
+        self._pool: ThreadPoolExecutor | None = None  # per-image augmentation threads, made on first use
         self._sums, self._expected = self._checksums(info, Path(manifest))
 
     def _checksums(
@@ -195,14 +199,23 @@ class FFCVLoader(Loader):
         x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
         if self.randaugment is not None:
             rngs = [RA.sample_rng(self.seed, epoch, int(k)) for k in keys]
-            x = torch.stack([RA.rand_augment(img, *self.randaugment, rng) for img, rng in zip(x, rngs)])
+            x = self._per_image(lambda img, rng: RA.rand_augment(img, *self.randaugment, rng), x, rngs)
         if not self.three_augment and self.color_jitter <= 0:
             return x
         three, jitter = self.three_augment, self.color_jitter
         rngs = [T.augment_rng(self.seed, epoch, int(k)) for k in keys]
-        return torch.stack(
-            [T.pixel_augment(img, rng, three=three, jitter=jitter) for img, rng in zip(x, rngs)]
+        return self._per_image(
+            lambda img, rng: T.pixel_augment(img, rng, three=three, jitter=jitter), x, rngs
         )
+
+    def _per_image(self, fn: Callable, x: torch.Tensor, rngs: list) -> torch.Tensor:
+        """fn(image, rng) for each image, stacked; on `workers` threads when there are several (each image has its
+        own generator, so the result is the same bits whichever thread runs it)."""
+        if self.workers <= 1 or len(x) < 2:
+            return torch.stack([fn(img, rng) for img, rng in zip(x, rngs)])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffcv-augment")
+        return torch.stack(list(self._pool.map(fn, x, rngs)))
 
     def _volumes(self, x: torch.Tensor, keys: np.ndarray, epoch: int) -> torch.Tensor:
         """transforms.py's crop and flip of each volume, seeded per sample key like the webdataset backend."""
