@@ -64,6 +64,13 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _batches_on(loader, device: torch.device):
+    """iter(loader), its batches finished where the model is (a Loader copies its uint8 batch there first)."""
+    if hasattr(loader, "set_device"):
+        loader.set_device(device)
+    return iter(loader)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -87,9 +94,7 @@ def evaluate(
     steps = _all_ranks_max(len(loader), device)
     last = None
     kept: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
-    if hasattr(loader, "set_device"):
-        loader.set_device(device)  # batches finished where the model is (uint8 copied there first)
-    it = iter(loader)
+    it = _batches_on(loader, device)
     for _ in range(steps):
         batch = next(it, None)
         real = batch is not None

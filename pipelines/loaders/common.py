@@ -65,6 +65,8 @@ class Loader:
     """
 
     backend = ""
+    device = torch.device("cpu")  # where batches are finished (set_device)
+    _stats: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None  # mean and std there
 
     def __init__(
         self,
@@ -120,8 +122,6 @@ class Loader:
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
         self.std = torch.tensor(info["std"], dtype=torch.float32)
-        self.device = torch.device("cpu")  # where batches are finished (set_device)
-        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.epoch = 0
         self._skip = 0  # batches to skip at the start of the next iteration (resume)
         self._consumed = 0
@@ -291,9 +291,9 @@ class Loader:
         return x.to(self.device, non_blocking=True)
 
     def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._stats:
-            self._stats[device] = (self.mean.to(device), self.std.to(device))
-        return self._stats[device]
+        if self._stats is None or self._stats[0] != device:
+            self._stats = (device, self.mean.to(device), self.std.to(device))
+        return self._stats[1], self._stats[2]
 
     def _finish(self, raw: dict[str, Any], epoch: int, batch_index: int) -> dict[str, torch.Tensor]:
         """The raw batch to the finishing device first, then normalized and mixed there."""
