@@ -98,6 +98,10 @@ def tar_members(stream: Any) -> Iterator[dict[str, Any]]:
     """{"fname", "data"} of each regular file of the tar on `stream`, in order (webdataset's tar_file_iterator's
     output: meta names like `__key__` skipped)."""
     first = _read(stream, BLOCK)
+    if not first:  # a tar has at least its end blocks: a failed command or download (tarfile: "empty file")
+        raise TarFormatError(
+            "the stream is empty (the shard's command or download failed, or the file is empty)"
+        )
     if any(first) and (len(first) < BLOCK or not _valid(first)):  # compressed, or no tar: the library's way
         from webdataset.tariterators import tar_file_iterator
 

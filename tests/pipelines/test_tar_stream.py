@@ -49,3 +49,9 @@ def test_a_corrupt_header_or_a_cut_stream_is_named(tmp_path):
         tar_samples([{"url": f"pipe:head -c 2148 {tmp_path / 's.tar'}"}], lambda e: errors.append(e) or True)
     )
     assert [s["__key__"] for s in got] == ["a"] and "s.tar" in str(errors[0].args)
+
+
+def test_a_failed_command_is_an_error_naming_the_url():
+    errors = []
+    assert not list(tar_samples([{"url": "pipe:exit 3 # x-000001.tar"}], lambda e: errors.append(e) or True))
+    assert len(errors) == 1 and "x-000001.tar" in str(errors[0].args)
