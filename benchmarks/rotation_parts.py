@@ -2,12 +2,13 @@
 
 1. matrix exponential: ``torch.linalg.matrix_exp`` vs ``liere.encodings.expm.skew_expm``
    (forward, forward + backward) on the exponents of liere8 and liere64 at 224 px, paper init;
+   and skew_expm's path without host reads (what accelerators and torch.compile run) vs its grouped one;
 2. block application: an ``einsum`` vs the batch folded into (g x g) @ (g x batch) products;
 3. angle application (RoPE, STRING): real arithmetic vs one complex multiply;
 4. attention input layout: q, k contiguous in (B, H, T, d) vs token-major (B, T, H, d) seen
    through a transpose (what SDPA's CPU flash kernel reads without a copy).
 
-    python benchmarks/rotation_parts.py [--reps 5] [--batch 8]
+    python benchmarks/rotation_parts.py [--reps 5] [--batch 8] [--threads N]
 Prints a table of medians and ratios; writes benchmarks/results/rotation_parts.json.
 """
 
@@ -86,7 +87,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows: list[dict] = []
     print(f"# rotation parts, ViT-S shapes, batch {args.batch}, {torch.get_num_threads()} threads\n")
     print("| part | variant | seconds | vs first |\n|---|---|---|---|")
@@ -103,6 +107,7 @@ def main() -> None:
         {
             "torch.linalg.matrix_exp": forward_backward(torch.linalg.matrix_exp, X8),
             "skew_expm": forward_backward(skew_expm, X8),
+            "skew_expm, no host reads": forward_backward(lambda X: skew_expm(X, host_reads=False), X8),
         },
         args.reps,
         rows,
@@ -113,6 +118,7 @@ def main() -> None:
         {
             "torch.linalg.matrix_exp": forward_backward(torch.linalg.matrix_exp, X64),
             "skew_expm": forward_backward(skew_expm, X64),
+            "skew_expm, no host reads": forward_backward(lambda X: skew_expm(X, host_reads=False), X64),
         },
         args.reps,
         rows,
