@@ -141,8 +141,9 @@ def vit_step_rate(batch: int, steps: int) -> float | None:
     return batch * steps / (time.perf_counter() - start)
 
 
-def machine(load_before: tuple[float, float, float]) -> dict:
-    """What the numbers were measured on: CPU, cores, load, versions, the git commit."""
+def machine() -> dict:
+    """What the numbers are measured on: CPU, cores, versions, the git commit and the load, taken before a run
+    (the caller adds loadavg_after)."""
     import subprocess
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -159,8 +160,7 @@ def machine(load_before: tuple[float, float, float]) -> dict:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "git_commit": commit + ("+uncommitted changes" if dirty else ""),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
+        "loadavg_before": os.getloadavg(),
     }
 
 
@@ -243,7 +243,7 @@ def print_ratios(rows: list[dict]) -> None:
 def library_suite(args: argparse.Namespace) -> int:
     from loaders_library import ARMS, prepare_cases
 
-    load_before = os.getloadavg()
+    info = machine()
     arms = args.arms.split(",") if args.arms else list(ARMS)
     rounds = 1 if args.quick else args.rounds
     batches = 5 if args.quick else args.batches
@@ -254,7 +254,8 @@ def library_suite(args: argparse.Namespace) -> int:
                                          buffer=args.buffer)  # fmt: skip
         rows += ratio_rows(case, runs[case["case"]])
     print_ratios(rows)
-    out = {"machine": machine(load_before), "workers": args.workers, "rounds": rounds, "timed_batches": batches,
+    info["loadavg_after"] = os.getloadavg()
+    out = {"machine": info, "workers": args.workers, "rounds": rounds, "timed_batches": batches,
            "shuffle_buffer": args.buffer, "results": rows, "runs": runs,
            "command": "python " + " ".join(sys.argv)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -290,14 +291,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def backends_suite(args: argparse.Namespace) -> int:
-    load_before = os.getloadavg()
+    info = machine()
+    load_before = info["loadavg_before"]
     batches = 6 if args.quick else args.batches
     backends = args.backends.split(",")
     rows = [_backend_row(args, case, backends=backends, batches=batches) for case in CASES]
     vit = None if args.no_model else vit_step_rate(batch=16, steps=2 if args.quick else 4)
     _print_backends(rows, backends=backends, vit=vit)
+    info["loadavg_after"] = os.getloadavg()
     out = {
-        "machine": machine(load_before),
+        "machine": info,
         "workers": args.workers,
         "timed_batches": batches,
         "results": rows,

@@ -1,9 +1,11 @@
 """`data.access: stream` for the webdataset backend: the webdataset library's own pipeline reads the shards in
 order, from local paths or any URL webdataset opens (`pipe:` commands, http(s), brace-expanded lists).
 
-Per worker: `wds.DataPipeline(shards -> wds.tarfile_samples -> wds.shuffle(buffer) -> wds.map(decode) ->
-wds.batched)` under a `wds.WebLoader` (torch DataLoader workers); the main process rebatches to the exact batch
-size and stops after `len(loader)` batches, the same number on every rank.
+Per worker: `wds.DataPipeline(shards -> samples -> wds.shuffle(buffer) -> wds.map(decode) -> wds.batched)` under a
+`wds.WebLoader` (torch DataLoader workers), the samples from webdataset's url_opener and group_by_keys with
+tar_stream.py's member reader between them (webdataset's tarfile-based one cost as much as decoding a small
+sample); the main process rebatches to the exact batch size and stops after `len(loader)` batches, the same
+number on every rank.
 
 Shard plan (our own splitter, deterministic so a run can resume; webdataset's `split_by_node` reads the
 environment and cannot): each epoch one permutation of the shards from (seed, epoch), shared by all ranks; rank r
