@@ -255,8 +255,12 @@ def library_suite(args: argparse.Namespace) -> int:
                                          buffer=args.buffer)  # fmt: skip
         rows += ratio_rows(case, runs[case["case"]])
     print_ratios(rows)
+    if args.quick:
+        print(
+            "--quick: 400 samples, one round of a few batches per arm: a smoke run, its ratios measure nothing"
+        )
     info["loadavg_after"] = os.getloadavg()
-    out = {"machine": info, "workers": args.workers, "rounds": rounds, "timed_batches": batches,
+    out = {"machine": info, "quick": args.quick, "workers": args.workers, "rounds": rounds, "timed_batches": batches,
            "shuffle_buffer": args.buffer, "results": rows, "runs": runs,
            "command": "python " + " ".join(sys.argv)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
