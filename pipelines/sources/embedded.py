@@ -91,12 +91,14 @@ class _Compass(Source):
     draws_extent = True  # holds val-extent<S> splits (eval.protocols: extent)
     revision = 1  # 1: the extent splits (data prepared before is prepared again, adding them)
 
-    def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0, extent_sizes=()):
+    def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0, extent_sizes=None):
         self.size = int(size)
         if self.size < 8:
             raise ValueError(f"{self.name}: size must be at least 8, got {self.size}")
         self.seed = int(seed)
         self._counts = {"train": int(num_train), "val": int(num_val)}
+        # default: 1.5x and 2x the size, the evaluation sizes of the compass configs
+        extent_sizes = (self.size * 3 // 2, self.size * 2) if extent_sizes is None else extent_sizes
         self.extent_sizes = tuple(int(e) for e in extent_sizes)
         if any(e <= self.size for e in self.extent_sizes):
             raise ValueError(
@@ -147,7 +149,7 @@ class Compass2D(_Compass):
     ndim = 2
 
     def __init__(
-        self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0, extent_sizes=(48, 64)
+        self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0, extent_sizes=None
     ):
         self.classes = ["E", "NE", "N", "NW", "W", "SW", "S", "SE"]
         self.channels = 3
@@ -180,7 +182,7 @@ class Compass3D(_Compass):
     ndim = 3
 
     def __init__(
-        self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0, extent_sizes=(24, 32)
+        self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0, extent_sizes=None
     ):
         self.classes = ["+x", "-x", "+y", "-y", "+z", "-z"]
         self.channels = 1
