@@ -33,6 +33,7 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}            # INFO prints the topology and 
 # export NCCL_SOCKET_IFNAME=ib0,eth0             # the interface(s) for bootstrap and socket traffic
 # export NCCL_IB_HCA=mlx5                        # InfiniBand adapters to use
 # export NCCL_NET_GDR_LEVEL=PHB                  # GPUDirect RDMA distance
+# export GLOO_SOCKET_IFNAME=eth0                # the CPU group (stop flag, end-of-run wait): a TCP interface
 
 # --- tracking -----------------------------------------------------------------------------------
 # An MLflow server reachable from the compute nodes (slurm/mlflow_server.sh starts one and writes
