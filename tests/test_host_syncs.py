@@ -82,3 +82,16 @@ def test_string_rotations_read_nothing_back(name):
     R = enc.rotation(pos).double()
     eye = torch.eye(16, dtype=torch.float64)
     assert (R @ R.transpose(-1, -2) - eye).abs().max() < 1e-5  # still orthogonal
+
+
+def test_coordinate_augmentation_reads_its_seed_and_step_once_then_draws_without_host_reads():
+    enc = encodings.build(
+        "rope_mixed", head_dim=16, num_heads=2, depth=2, num_axes=2, grid_shape=(4, 4),
+        augment={"shift": 0.5, "jitter": 1.5, "rescale": 2.0},
+    )  # fmt: skip
+    enc.train()
+    enc.prepare((4, 4))  # the first draw reads the seed and step buffers, once
+    with HostSyncs() as rec:
+        enc.prepare((4, 4))
+        enc.prepare((4, 4))
+    assert rec.found == [] and int(enc.augment.step) == 3  # the buffer still counts (checkpoints carry it)

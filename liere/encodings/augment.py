@@ -59,19 +59,35 @@ class PositionAugment(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item())  # from the run's seeded global generator
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+        self._host: tuple[int, int] | None = None  # (seed, step) as read once: no device read per step
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._host = None  # a loaded (resumed) seed and step: read them again at the next draw
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _seed_step(self) -> tuple[int, int]:
+        if self._host is None:  # after construction or a load: one read of the buffers
+            self._host = (int(self.seed), int(self.step))
+        return self._host
 
     def generator(self, step: int | None = None) -> torch.Generator:
         """The CPU generator of ``step`` (default: the current one): same draws on every device."""
-        step = int(self.step) if step is None else step
-        mixed = (int(self.seed) * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) % (2**63 - 1)
+        seed, current = self._seed_step()
+        step = current if step is None else step
+        mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) % (2**63 - 1)
         return torch.Generator().manual_seed(mixed)
 
-    def forward(self, pos: Tensor, grid_shape: tuple[int, ...]) -> Tensor:
-        """pos (N, A) of a grid -> augmented positions; advances ``step``."""
+    def forward(self, pos: Tensor, grid_shape: tuple[int, ...], device: torch.device | None = None) -> Tensor:
+        """pos (N, A) of a grid -> augmented positions (on ``device``, default pos's); advances ``step``.
+        Given CPU positions, nothing is read back from the device."""
         out = self.draw(pos, grid_shape, self.generator())
         with torch.no_grad():
             self.step.add_(1)
-        return out
+        seed, step = self._seed_step()
+        self._host = (seed, step + 1)
+        if device is None or out.device == torch.device(device):
+            return out
+        return out.to(device, non_blocking=True)  # (from pageable memory: staged at once, no device sync)
 
     def draw(self, pos: Tensor, grid_shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
         a = self.amounts

@@ -247,9 +247,10 @@ class RotaryEncoding(PositionEncoding):
         if cacheable and key in self._cache:
             return self._cache[key]
         with torch.autocast(device_type=device.type, enabled=False):
-            pos = self.positions(grid_shape, device=device)
             if self.training and self.augment is not None:  # never in eval: eval states are cached
-                pos = self.augment(pos, tuple(grid_shape))
+                pos = self.augment(self.positions(grid_shape), tuple(grid_shape), device)  # drawn on the CPU
+            else:
+                pos = self.positions(grid_shape, device=device)
             state = self._state(pos).with_prefix(num_prefix).to(dtype)
         if cacheable:
             self._cache = {key: state} if len(self._cache) >= 8 else {**self._cache, key: state}
