@@ -9,8 +9,9 @@ RandAugment (2D training) is DALI's own `auto_aug.rand_augment` suite, set to ra
 needs DALI conditionals, so the graph is built through `pipeline_def(enable_conditionals=True)` then. 3-Augment and
 colour jitter are DALI operators too (_three_augment); their draws are DALI's per-sample generators (seeded per run
 and rank), so each repeated copy differs, but not with the webdataset/FFCV backends' pixels.
-Images leave the pipeline as uint8 (float16 volumes as float16) and are normalized by the base class where they
-lie: on the GPU after a GPU pipeline. prefetch_queue_depth (2) runs stay in flight; evaluation pipelines, which
+Images leave a GPU pipeline (or a CPU one feeding a GPU) as uint8 (float16 volumes as float16) and are normalized
+by the base class where they lie, on the GPU; a CPU pipeline whose batches stay on the CPU normalizes inside DALI
+(crop_mirror_normalize, in DALI's own threads, not in the training process). prefetch_queue_depth (2) runs stay in flight; evaluation pipelines, which
 draw nothing at random, are kept built per (split, size, batch, ...) and reused by the next loader of that key
 (take_pipeline), so validations and resolution sweeps build each decoder once.
 Samples are read (their checksums verified) in Python before they are fed, under the loader's bad-sample policy;
@@ -230,7 +231,13 @@ class DALILoader(Loader):
         """What an evaluation pipeline's graph and build depend on: loaders with the same key share built ones."""
         device = torch.cuda.current_device() if self.gpu else None
         return (type(self).__name__, str(self.split_dir), self.image_size, self.batch_size, self.eval_crop_ratio,
-                device, max(1, self.workers), self.prefetch_queue_depth)  # fmt: skip
+                device, max(1, self.workers), self.prefetch_queue_depth, self._normalizes)  # fmt: skip
+
+    @property
+    def _normalizes(self) -> bool:
+        """Whether the pipeline normalizes images itself: a CPU pipeline whose batches are finished on the CPU
+        (uint8 is worth its smaller copy only on the way to a GPU)."""
+        return self.info["kind"] == "image" and not self.gpu and self.device.type == "cpu"
 
     def _pipe_seed(self) -> int:
         """The seed of DALI's random ops (and of a stream reader's shuffle): per run and rank."""
@@ -272,6 +279,11 @@ class DALILoader(Loader):
             shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
             img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
             mirror = 0
+        if self._normalizes:
+            return fn.crop_mirror_normalize(
+                img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
+                mean=[m * 255.0 for m in self.info["mean"]], std=[s * 255.0 for s in self.info["std"]],
+            )  # fmt: skip
         return fn.crop_mirror_normalize(
             img, crop=(h, w), mirror=mirror, dtype=types.UINT8, output_layout="CHW"
         )
@@ -418,7 +430,7 @@ class DALILoader(Loader):
                     pending.append(self._feed(self._gather(nxt)))
                     self._pipe.schedule_run()
                 if labels is not None:
-                    yield {"input": x, "label": labels, "index": indices, "normalized": False}
+                    yield {"input": x, "label": labels, "index": indices, "normalized": self._normalizes}
         finally:
             self._settle(pending)
 

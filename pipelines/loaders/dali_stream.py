@@ -140,7 +140,7 @@ class DALIStreamLoader(DALILoader):
         labels = torch.tensor([int(bytes(np.asarray(cls[j]))) for j in range(real)], dtype=torch.int64)
         index = torch.tensor([int(bytes(np.asarray(idx[j]))) for j in range(real)], dtype=torch.int64)
         x = self._to_torch(out)[:real]
-        return {"input": x, "label": labels, "index": index, "normalized": False}
+        return {"input": x, "label": labels, "index": index, "normalized": self._normalizes}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, total, rank_samples = self.epoch, len(self), self._rank_samples()

@@ -40,17 +40,25 @@ def _collect(loader):
     return torch.cat([b["index"] for b in batches]), torch.cat([b["input"] for b in batches])
 
 
-def test_uint8_out_normalized_by_the_base_class(dali, data_root):
+def test_uint8_out_for_a_gpu_and_normalized_inside_dali_for_the_cpu(dali, data_root):
+    """Batches bound for a GPU leave DALI as uint8 (normalized there by the base class); batches that stay
+    on the CPU are normalized by DALI's crop_mirror_normalize. Either way the same values as webdataset's."""
+    ref = make_loader("webdataset", data_root, "compass2d", "val", batch_size=32, train=False, image_size=24)
+    expected = next(iter(ref))["input"]
     lo = _val(data_root)
+    lo.device = torch.device("cuda")  # where set_device would send it: only the graph's choice is read here
     raw = next(lo._iter_raw(lo._batches(), 0))
     assert raw["input"].dtype == torch.uint8 and raw["normalized"] is False
     assert tuple(raw["input"].shape) == (32, 3, 24, 24)
-    batch = next(iter(lo))
-    assert batch["input"].dtype == torch.float32
-    ref = make_loader("webdataset", data_root, "compass2d", "val", batch_size=32, train=False, image_size=24)
-    assert (
-        batch["input"] - next(iter(ref))["input"]
-    ).abs().mean() < 0.1  # the same pixels, JPEG rounding apart
+    from pipelines import transforms as T
+
+    finished = T.normalize(raw["input"], *lo._stats_on(torch.device("cpu")))  # what the GPU would compute
+    assert (finished - expected).abs().mean() < 0.1
+    clear = _val(data_root)
+    raw = next(clear._iter_raw(clear._batches(), 0))
+    assert raw["input"].dtype == torch.float32 and raw["normalized"] is True
+    batch = next(iter(clear))
+    assert (batch["input"] - expected).abs().mean() < 0.1  # the same pixels, JPEG rounding apart
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])
