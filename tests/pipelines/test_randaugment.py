@@ -192,9 +192,9 @@ def test_webdataset_training_batches_with_randaugment(data_root):
     # the same (seed, epoch, position): the same sample, whichever loader or batch reads it
     again = make("webdataset", data_root, randaugment=[2, 15], batch_size=4)
     assert torch.equal(next(iter(again))["input"], a["input"][:4])
-    x0, _, _ = aug._dataset[(0, 3)]
-    x0b, _, _ = again._dataset[(0, 3)]
-    x1, _, _ = aug._dataset[(1, 3)]
+    x0, _, _ = aug._dataset[(0, 3, 3)]
+    x0b, _, _ = again._dataset[(0, 3, 3)]
+    x1, _, _ = aug._dataset[(1, 3, 3)]
     assert torch.equal(x0, x0b) and not torch.equal(x0, x1)
 
 
