@@ -56,7 +56,8 @@ class PositionAugment(nn.Module):
     def __init__(self, amounts: dict[str, float]) -> None:
         super().__init__()
         self.amounts = dict(amounts)
-        seed = int(torch.randint(0, 2**62, (1,)).item())  # from the run's seeded global generator
+        # from the run's seeded global generator; on the CPU, so that models built on the meta device work
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
         self._host: tuple[int, int] | None = None  # (seed, step) as read once: no device read per step
