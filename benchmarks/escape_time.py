@@ -86,7 +86,8 @@ def train_one(cfg, data: dict, *, budget: int, eval_every: int, threshold: float
     opt = build_optimizer(model, cfg.optim)
     x, y = data["train"]
     steps_per_epoch = len(x) // cfg.data.batch_size
-    sched = build_scheduler(opt, cfg.optim, budget, round(cfg.optim.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    sched = build_scheduler(opt, cfg.optim, budget, warmup, steps_per_epoch=steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     curve, escape, step, t0 = [], None, 0, time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.train.seed)

@@ -1,8 +1,9 @@
-"""AdamW or LAMB with parameter groups, and the warmup-then-cosine learning-rate schedule."""
+"""AdamW or LAMB with parameter groups, and the learning-rate schedules after a warmup: cosine, constant, step."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -101,30 +102,45 @@ def lr_factor(
     min_ratio: float,
     *,
     warmup_ratio: float = 0.0,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+    steps_per_epoch: int = 1,
 ) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based). Warmup rises
     linearly: from ``warmup_ratio`` at step 0 when given (timm's ``warmup_lr``, DeiT's 1e-6), else
-    from 1 / warmup_steps at step 0."""
+    from 1 / warmup_steps at step 0. ``step``: times ``gamma`` at each of ``milestones`` (fractions of
+    the run), per epoch as torch's MultiStepLR stepped once an epoch (MedMNIST's training script): the
+    epoch e = step // steps_per_epoch runs at gamma ** (number of milestones m with e >= m * run epochs)."""
     if warmup_steps and step < warmup_steps:
         if warmup_ratio > 0:
             return warmup_ratio + (1 - warmup_ratio) * step / warmup_steps
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        epoch, run_epochs = step // steps_per_epoch, total_steps / steps_per_epoch
+        # (1e-9: a milestone that is a whole epoch in exact arithmetic, e.g. 0.1 x 30, is that epoch)
+        return gamma ** sum(epoch >= m * run_epochs - 1e-9 for m in milestones)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, warmup_steps: int):
-    """A LambdaLR applying ``lr_factor`` times each group's ``lr_scale``; DeepSpeed checkpoints it."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg, total_steps: int, warmup_steps: int, *, steps_per_epoch: int = 1
+):
+    """A LambdaLR applying ``lr_factor`` times each group's ``lr_scale``; DeepSpeed checkpoints it.
+    ``steps_per_epoch`` places the step schedule's milestones on epoch boundaries (1: on steps)."""
     min_ratio, warmup_ratio = cfg.min_lr / cfg.lr, getattr(cfg, "warmup_lr", 0.0) / cfg.lr
+    shape = dict(
+        warmup_ratio=warmup_ratio,
+        milestones=tuple(getattr(cfg, "step_milestones", ())),
+        gamma=getattr(cfg, "step_gamma", 0.1),
+        steps_per_epoch=max(1, int(steps_per_epoch)),
+    )
     lambdas = [
         (
             lambda step, s=g["lr_scale"]: (
-                s
-                * lr_factor(
-                    step, total_steps, warmup_steps, cfg.schedule, min_ratio, warmup_ratio=warmup_ratio
-                )
+                s * lr_factor(step, total_steps, warmup_steps, cfg.schedule, min_ratio, **shape)
             )
         )
         for g in optimizer.param_groups

@@ -191,7 +191,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, t.max_steps)
         optimizer = build_optimizer(model, cfg.optim)
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
-        scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps, warmup)
+        scheduler = build_scheduler(
+            optimizer, cfg.optim, self.total_steps, warmup, steps_per_epoch=self.steps_per_epoch
+        )
         ds_config = deepspeed_config(cfg, denv.world_size, self.device.type)
         if self.plan.universal:
             ds_config["checkpoint"] = {"load_universal": True}
