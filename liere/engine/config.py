@@ -9,6 +9,7 @@ key, type or value fails before any work starts, naming it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from liere.engine.precision import PRECISIONS
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step")
 LOSSES = ("cross_entropy", "bce")
 
 
@@ -70,6 +71,9 @@ class DataConfig:
     )
     workers: int = 2  # loader worker processes per rank
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random-resized-crop area range
+    # training crop of 2D images as torchvision's RandomCrop(size, padding=pad_crop): zero-pad pad_crop pixels on
+    # every side, take a random size x size crop, no resize; replaces the random-resized crop (0: off)
+    pad_crop: int = 0
     flip: bool = True  # random left-right flips in training (off when labels tell left from right)
     mixup: float = 0.0  # mixup alpha (0: off)
     cutmix: float = 0.0  # cutmix alpha (0: off)
@@ -96,12 +100,15 @@ class OptimConfig:
         "cross_entropy"  # cross_entropy, or bce (binary cross-entropy on binarized soft targets, DeiT III)
     )
     lr: float = 1e-3  # peak learning rate (per the whole global batch; no automatic scaling)
-    min_lr: float = 1e-5  # floor of the cosine schedule
+    min_lr: float = 1e-5  # floor of the cosine schedule (the step schedule has none)
     weight_decay: float = 0.05  # AdamW decoupled decay; never on norms, biases, tokens, encodings
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     encoding_lr_scale: float = 1.0  # learning-rate multiplier of the position-encoding parameters
-    schedule: str = "cosine"  # cosine (after warmup) or constant
+    schedule: str = "cosine"  # cosine (after warmup), constant, or step (times step_gamma at each milestone)
+    # step: milestones as fractions of the run, applied at epoch boundaries (torch MultiStepLR stepped per epoch)
+    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    step_gamma: float = 0.1  # step: the learning rate's factor at each milestone
     warmup_epochs: float = 0.0  # linear warmup, in epochs (fractions allowed)
     warmup_lr: float = (
         0.0  # the learning rate warmup starts from (DeiT/timm --warmup-lr; 0: from lr / warmup steps)
@@ -233,6 +240,7 @@ def _check_augment(d: DictConfig) -> None:
         d.repeated_aug >= 1, "data.repeated_aug", d.repeated_aug, "expected copies per sample >= 1 (1: off)"
     )
     _need(0 <= d.color_jitter <= 1, "data.color_jitter", d.color_jitter, "expected a strength in [0, 1]")
+    _need(d.pad_crop >= 0, "data.pad_crop", d.pad_crop, "expected pixels of zero padding >= 0 (0: off)")
     _need(d.dali_prefetch >= 1, "data.dali_prefetch", d.dali_prefetch, "expected batches ahead >= 1")
     _need(
         d.repeated_aug == 1 or d.access == "indexed",
@@ -255,6 +263,7 @@ def _check_optimizer(t: DictConfig, o: DictConfig) -> None:
     _need(o.name in OPTIMIZERS, "optim.name", o.name, f"expected one of {OPTIMIZERS}")
     _need(o.loss in LOSSES, "optim.loss", o.loss, f"expected one of {LOSSES}")
     _need(0 <= o.warmup_lr <= o.lr, "optim.warmup_lr", o.warmup_lr, f"expected 0 to optim.lr ({o.lr})")
+    _check_step_schedule(o)
     _need(
         o.loss != "bce" or o.label_smoothing == 0,
         "optim.label_smoothing",
@@ -267,6 +276,19 @@ def _check_optimizer(t: DictConfig, o: DictConfig) -> None:
             "of every group (stage 0 keeps one fp32 master per tensor, in fp32, bf16 and fp16 alike)"
         )
         _need(t.zero_stage == 0, "train.zero_stage", t.zero_stage, f"optim.name=lamb needs 0: {why}")
+
+
+def _check_step_schedule(o: DictConfig) -> None:
+    """The step schedule's milestones (increasing fractions of the run in (0, 1)) and factor (in (0, 1])."""
+    ms = list(o.step_milestones)
+    _need(
+        all(0 < m < 1 for m in ms) and all(a < b for a, b in pairwise(ms)),
+        "optim.step_milestones",
+        ms,
+        "expected increasing fractions of the run in (0, 1), e.g. [0.5, 0.75]",
+    )
+    _need(o.schedule != "step" or ms, "optim.step_milestones", ms, "optim.schedule=step needs a milestone")
+    _need(0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "expected a factor in (0, 1], e.g. 0.1")
 
 
 def _check_model(m: DictConfig, d: DictConfig) -> None:
