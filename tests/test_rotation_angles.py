@@ -102,3 +102,28 @@ def test_position_grid_keeps_the_pretraining_spacing():
     assert ape.encoding.pos_embed.shape[1] == 64
     with pytest.raises(ValueError, match="num_axes"):
         build("liere8", num_axes=2, grid_shape=(8, 8), reference_grid=(4, 4, 4), **GEOMETRY)
+
+
+def test_generator_init_reaches_liere_only_and_yields_to_presets():
+    from liere.models import create_model
+
+    def vit(encoding, **kw):
+        return create_model("vit_nano_patch8", img_size=[32, 32], num_classes=8, encoding=encoding, **kw)
+
+    assert vit("liere8", generator_init="grid").encoding.init == "grid"
+    assert vit("liere64", generator_init="small").encoding.init == "small"
+    assert vit("rope_mixed_paper", generator_init="grid").encoding.init == "paper"  # the alias's own
+    explicit = vit("liere8", generator_init="grid", encoding_options={"init": "small"})
+    assert explicit.encoding.init == "small"
+    for other in ("ape", "rope_mixed", "string", "comrope_ld"):  # no generators drawn by init: ignored
+        vit(other, generator_init="grid")
+
+
+def test_generator_init_and_position_grid_are_checked_in_the_config():
+    from liere.engine.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.generator_init"):
+        load_config("configs/compass2d.yaml", ["model.generator_init=wide"])
+    with pytest.raises(ConfigError, match="model.position_grid"):
+        load_config("configs/compass2d.yaml", ["model.position_grid=[4,4,4]"])
+    assert load_config("configs/compass2d.yaml", ["model.generator_init=grid"]).model.generator_init == "grid"

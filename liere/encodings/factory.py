@@ -19,6 +19,7 @@ def build(
     num_axes: int,
     grid_shape: Sequence[int] | None = None,
     reference_grid: Sequence[int] | None = None,
+    generator_init: str | None = None,
     **options,
 ) -> PositionEncoding:
     """Build the encoding ``name`` for a model of this geometry.
@@ -28,13 +29,17 @@ def build(
     ``theta``, ``positions``...). An unknown name or option is an error that names it.
     ``reference_grid`` (rotary encodings; additive ones ignore it) is the grid whose spacing the
     positions keep in place of ``grid_shape``'s: the pretraining grid when fine-tuning at a new size.
+    ``generator_init`` is the ``init`` of encodings that take one (LieRE's generators), ignored by the
+    others, and below an alias's preset and ``options`` (``rope_mixed_paper`` keeps the paper's init).
     """
     key = name.lower()
+    preset: dict = {}
     if key in ALIASES:
         key, preset = ALIASES[key]
-        options = {**preset, **options}
     if key not in ENCODINGS:
         raise ValueError(f"unknown position encoding {name!r}; expected one of {list_encodings()}")
+    base = {"init": generator_init} if generator_init is not None and _takes(ENCODINGS[key], "init") else {}
+    options = {**base, **preset, **options}
     if reference_grid is not None and getattr(ENCODINGS[key], "is_rotary", False):
         options["reference_grid"] = reference_grid
     try:
@@ -48,3 +53,10 @@ def build(
         )
     except TypeError as err:  # an option this encoding does not take
         raise TypeError(f"position encoding {name!r}: {err}") from None
+
+
+def _takes(cls: type, option: str) -> bool:
+    """Whether the encoding class's constructor has a keyword ``option``."""
+    import inspect
+
+    return option in inspect.signature(cls.__init__).parameters

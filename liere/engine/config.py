@@ -55,6 +55,10 @@ class ModelConfig:
     # rotary positions keep this patch grid's spacing instead of the training grid's (fine-tuning at a
     # new size: the pretraining grid, e.g. [14, 14] for 224 px at patch 16); null: the training grid
     position_grid: list[int] | None = None
+    # the init of encodings with learned generators (the LieRE family): paper (U[0, 2 pi), the class's
+    # default), grid (the paper's angles per patch step on any grid) or small; others ignore it, and an
+    # alias's own preset (rope_mixed_paper) or encoding_options.init win over it
+    generator_init: str | None = None
 
 
 @dataclass
@@ -314,6 +318,10 @@ def _check_model(m: DictConfig, d: DictConfig) -> None:
     _need(
         m.layer_scale is None or m.layer_scale > 0, "model.layer_scale", m.layer_scale, "expected null or > 0"
     )
+    from liere.encodings.liere import INITS as GENERATOR_INITS
+
+    _need(m.generator_init in (None, *GENERATOR_INITS), "model.generator_init", m.generator_init,
+          f"expected null or one of {GENERATOR_INITS}")  # fmt: skip
     pg = m.position_grid
     _need(
         pg is None or (len(pg) == len(m.img_size) and all(int(s) >= 1 for s in pg)),

@@ -112,6 +112,7 @@ def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
             for k in ("drop_path_schedule", "qkv_bias", "init", "norm_eps", "head_drop", "layer_scale")
         },
         "position_grid": None if m.position_grid is None else list(m.position_grid),
+        "generator_init": m.generator_init,
     }
     if m.patch_size is not None:
         kwargs["patch_size"] = list(m.patch_size)

@@ -87,6 +87,7 @@ class VisionTransformer(nn.Module):
         layer_scale: float | None = None,
         drop_path_schedule: str = "linear",
         position_grid: Sequence[int] | None = None,
+        generator_init: str | None = None,
     ) -> None:
         super().__init__()
         self.img_size, self.patch_size = _spatial_sizes(img_size, patch_size)
@@ -107,6 +108,7 @@ class VisionTransformer(nn.Module):
             num_axes=n,
             grid_shape=self.grid_shape,
             reference_grid=position_grid,
+            generator_init=generator_init,
             **(encoding_options or {}),
         )
         self.pos_drop = nn.Dropout(drop_rate)
