@@ -120,10 +120,13 @@ def test_generator_init_reaches_liere_only_and_yields_to_presets():
 
 
 def test_generator_init_and_position_grid_are_checked_in_the_config():
+    from pathlib import Path
+
     from liere.engine.config import ConfigError, load_config
 
+    compass = Path(__file__).resolve().parents[1] / "configs" / "compass2d.yaml"
     with pytest.raises(ConfigError, match="model.generator_init"):
-        load_config("configs/compass2d.yaml", ["model.generator_init=wide"])
+        load_config(compass, ["model.generator_init=wide"])
     with pytest.raises(ConfigError, match="model.position_grid"):
-        load_config("configs/compass2d.yaml", ["model.position_grid=[4,4,4]"])
-    assert load_config("configs/compass2d.yaml", ["model.generator_init=grid"]).model.generator_init == "grid"
+        load_config(compass, ["model.position_grid=[4,4,4]"])
+    assert load_config(compass, ["model.generator_init=grid"]).model.generator_init == "grid"
