@@ -8,7 +8,7 @@
 
 sources/ read users' layouts, writers/ make prepared splits, loaders/ read them; the on-disk format both
 sides share lives in shards/. Loader options use the words of the config's `data` section (workers,
-crop_scale, eval_crop_ratio, mixup, cutmix, flip, randaugment).
+crop_scale, pad_crop, eval_crop_ratio, mixup, cutmix, flip, randaugment).
 Imports need torch and numpy only; webdataset, FFCV, DALI, PIL, nibabel, pydicom and PyAV are
 imported inside the functions that use them.
 """
@@ -51,7 +51,8 @@ def build_loader(
     commands included; `root` may be a URL too) and `shuffle_buffer` (samples; default 1000).
     Options (kwargs), in the words of the config's `data` section: workers, flip (random left-right flips in
     training, default True; off for data whose labels tell left from right), crop_scale (area range of the
-    random resized crop, default (0.08, 1)), eval_crop_ratio (evaluation crop; default 0.875 from 128 px up,
+    random resized crop, default (0.08, 1)), pad_crop (2D training images: torchvision's RandomCrop(size,
+    padding=pad_crop) instead of the random resized crop, zeros around; 0: off), eval_crop_ratio (evaluation crop; default 0.875 from 128 px up,
     else 1), mixup and cutmix (Beta alphas; 0: off), label_smoothing; drop_last and shuffle (default: train),
     verify (check shard checksums), device (DALI: "cpu", "gpu" or None = auto).
     `randaugment`: None (off) or [num_ops, magnitude], integers num_ops >= 1 and magnitude 0..30 (strength

@@ -47,6 +47,23 @@ def center_crop_box(height: int, width: int, crop_ratio: float) -> tuple[int, in
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def pad_crop_draws(rng: np.random.Generator, pad: int, flip: bool) -> tuple[int, int, bool]:
+    """(top, left, mirror) of torchvision's RandomCrop(size, padding=pad) then RandomHorizontalFlip on an image of
+    `size`: the crop's corner in the padded image, uniform in [0, 2 pad] per axis (a shift of top - pad, left -
+    pad), and a flip with probability 1/2 (drawn either way; False unless ``flip``)."""
+    top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+    return top, left, bool(rng.random() < 0.5) and flip
+
+
+def padded_random_crop(img: torch.Tensor, pad: int, draws: tuple[int, int, bool]) -> torch.Tensor:
+    """(C, H, W) -> (C, H, W): zero-pad `pad` pixels on every side (in pixel space, before normalization), crop
+    H x W at (top, left) of `draws` (pad_crop_draws), then flip left-right if it says so. No resize."""
+    top, left, mirror = draws
+    h, w = img.shape[-2:]
+    out = F.pad(img, (pad, pad, pad, pad))[..., top : top + h, left : left + w]
+    return out.flip(-1) if mirror else out.contiguous()
+
+
 def default_crop_ratio(image_size: int) -> float:
     """Evaluation crop: 0.875 (resize 256, crop 224; Krizhevsky et al. 2012 / DeiT) for large inputs, none for small."""
     return 0.875 if image_size >= 128 else 1.0

@@ -41,6 +41,7 @@ def build_data(cfg: DictConfig, denv) -> tuple[Any, dict[str, Any]]:
         # soft targets only when mixing (they then carry the smoothing); else the loss smooths
         label_smoothing=cfg.optim.label_smoothing if d.mixup > 0 or d.cutmix > 0 else 0.0,
         crop_scale=tuple(d.crop_scale),
+        pad_crop=d.pad_crop,
         randaugment=list(d.randaugment) if d.randaugment else None,
         repeated_aug=d.repeated_aug,
         three_augment=d.three_augment,

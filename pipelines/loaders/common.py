@@ -85,6 +85,7 @@ class Loader:
         label_smoothing: float = 0.0,
         eval_crop_ratio: float | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        pad_crop: int = 0,
         workers: int | None = None,
         randaugment: list[int] | tuple[int, int] | None = None,
         repeated_aug: int = 1,
@@ -112,12 +113,7 @@ class Loader:
         # the Beta(alpha, alpha) parameters of mixup and cutmix; 0: off
         self.mixup, self.cutmix = float(mixup), float(cutmix)
         self.label_smoothing = float(label_smoothing)
-        self.eval_crop_ratio = (
-            T.default_crop_ratio(min(self.image_size)) if eval_crop_ratio is None else float(eval_crop_ratio)
-        )
-        self.crop_scale = tuple(crop_scale)
-        # random left-right flips in training (off where labels know left from right)
-        self.flip = bool(flip) and self.train
+        self._crop_options(eval_crop_ratio, crop_scale, pad_crop, flip)
         self._augment_options(randaugment, repeated_aug, three_augment, color_jitter)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         self.mean = torch.tensor(info["mean"], dtype=torch.float32)
@@ -137,6 +133,28 @@ class Loader:
     @property
     def bad_sample_policy(self) -> str:
         return self.bad_policy.policy
+
+    def _crop_options(
+        self, eval_crop_ratio: float | None, crop_scale: tuple[float, float], pad_crop: int, flip: bool
+    ) -> None:
+        """Evaluation's center crop; training's random-resized crop of `crop_scale` of the area, or with `pad_crop`
+        > 0 (2D images only) torchvision's RandomCrop(size, padding=pad_crop) instead; random left-right flips in
+        training (off where labels know left from right)."""
+        self.eval_crop_ratio = (
+            T.default_crop_ratio(min(self.image_size)) if eval_crop_ratio is None else float(eval_crop_ratio)
+        )
+        self.crop_scale = tuple(crop_scale)
+        self.flip = bool(flip) and self.train
+        if isinstance(pad_crop, bool) or int(pad_crop) != pad_crop or pad_crop < 0:
+            raise ValueError(
+                f"pad_crop must be an integer >= 0 (pixels of zero padding; 0: off), got {pad_crop!r}"
+            )
+        self.pad_crop = int(pad_crop) if self.train else 0
+        if self.pad_crop and not self._is_2d_image():
+            raise ValueError(
+                f"pad_crop is defined on 2D images ({self.backend} backend); {self.info.get('name')} holds "
+                f"{self.info.get('kind')}s with {self.spatial_rank} spatial axes: leave pad_crop at 0 for it"
+            )
 
     def _augment_options(
         self, randaugment: list[int] | tuple[int, int] | None, repeats: int, three: bool, jitter: float

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines import transforms as T
 from pipelines.errors import BadSampleError, DataError
 from pipelines.loaders.common import Loader
 from pipelines.shards import ShardReader, decode_npy
@@ -259,26 +260,18 @@ class DALILoader(Loader):
         dec = "mixed" if self.gpu else "cpu"
         h, w = self.image_size
         if self.train:
-            img = fn.decoders.image_random_crop(
-                enc,
-                device=dec,
-                output_type=out_type,
-                random_area=list(self.crop_scale),
-                random_aspect_ratio=[3 / 4, 4 / 3],
-                num_attempts=10,
+            img, mirror = (
+                self._pad_crop(enc, dec, out_type)
+                if self.pad_crop
+                else self._resized_crop(enc, dec, out_type)
             )
-            img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
-            mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
             if self.randaugment is not None:
                 img = _rand_augment(img, *self.randaugment, size=(h, w), gray=self.channels == 1)
             if self.three_augment or self.color_jitter > 0:  # last, as in DeiT III's augment.py
                 three, jitter = self.three_augment, self.color_jitter
                 img = _three_augment(img, three=three, jitter=jitter, gray=self.channels == 1)
         else:
-            img = fn.decoders.image(enc, device=dec, output_type=out_type)
-            shorter = max(1, round(max(h, w) / self.eval_crop_ratio))
-            img = fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
-            mirror = 0
+            img, mirror = self._eval_image(enc, dec, out_type, self.eval_crop_ratio), 0
         if self._normalizes:
             return fn.crop_mirror_normalize(
                 img, crop=(h, w), mirror=mirror, dtype=types.FLOAT, output_layout="CHW",
@@ -287,6 +280,56 @@ class DALILoader(Loader):
         return fn.crop_mirror_normalize(
             img, crop=(h, w), mirror=mirror, dtype=types.UINT8, output_layout="CHW"
         )
+
+    def _resized_crop(self, enc, dec: str, out_type):
+        """Training's random-resized crop of `crop_scale` of the area, resized to the image size; DALI's flip draw."""
+        from nvidia.dali import fn, types
+
+        h, w = self.image_size
+        img = fn.decoders.image_random_crop(
+            enc,
+            device=dec,
+            output_type=out_type,
+            random_area=list(self.crop_scale),
+            random_aspect_ratio=[3 / 4, 4 / 3],
+            num_attempts=10,
+        )
+        img = fn.resize(img, resize_x=w, resize_y=h, interp_type=types.INTERP_LINEAR, antialias=True)
+        return img, fn.random.coin_flip(probability=0.5) if self.flip else 0
+
+    def _eval_image(self, enc, dec: str, out_type, crop_ratio: float):
+        """Decoded, its shorter side resized to size / crop_ratio (the center crop follows in the graph's end)."""
+        from nvidia.dali import fn, types
+
+        img = fn.decoders.image(enc, device=dec, output_type=out_type)
+        shorter = max(1, round(max(self.image_size) / crop_ratio))
+        return fn.resize(img, resize_shorter=shorter, interp_type=types.INTERP_LINEAR, antialias=True)
+
+    def _pad_crop(self, enc, dec: str, out_type):
+        """torchvision's RandomCrop(size, padding=pad_crop) then the flip, on the image as evaluation at crop ratio 1
+        sees it: fn.slice at anchor (top - pad, left - pad), zeros outside. Indexed, the anchors and flips are fed
+        (_gather: transforms.pad_crop_draws from the webdataset backend's (seed, epoch, key) generator, so the
+        three backends crop alike); under a stream reader (`enc` given) DALI draws them."""
+        from nvidia.dali import fn, types
+
+        h, w = self.image_size
+        img = fn.crop(self._eval_image(enc, dec, out_type, 1.0), crop=(h, w))
+        if self._feeds_pad_crop:
+            anchor = fn.external_source(name="pad_anchor", dtype=types.FLOAT, ndim=1)
+            mirror = fn.external_source(name="pad_mirror", dtype=types.INT32, ndim=0)
+        else:
+            shift = list(range(-self.pad_crop, self.pad_crop + 1))
+            anchor = fn.cast(fn.random.uniform(values=shift, shape=[2], dtype=types.INT32), dtype=types.FLOAT)
+            mirror = fn.random.coin_flip(probability=0.5) if self.flip else 0
+        size = np.array([h, w], dtype=np.float32)
+        img = fn.slice(img, anchor, size, axis_names="HW", normalized_anchor=False, normalized_shape=False,
+                       out_of_bounds_policy="pad", fill_values=0)  # fmt: skip
+        return img, mirror
+
+    @property
+    def _feeds_pad_crop(self) -> bool:
+        """Whether the padded crop's draws are fed with the samples (indexed reading; a stream reader draws them)."""
+        return bool(self.pad_crop) and getattr(self, "access", "indexed") == "indexed"
 
     def _volume_graph(self, vol=None):
         """npy volumes (C, D, H, W; fed, or `vol`: decoded from a reader's output) -> random crop and flip
@@ -352,19 +395,31 @@ class DALILoader(Loader):
         except Exception as exc:
             raise self.reader.bad(pos, f"cannot decode it ({type(exc).__name__}: {exc})") from exc
 
-    def _gather(self, batch: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, torch.Tensor, torch.Tensor]:
-        """One batch's encoded samples (read and verified under the bad-sample policy), the positions fed, labels
-        and indices (those of the replacements where the policy replaced bad samples)."""
+    def _gather(
+        self, item: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[dict[str, list], np.ndarray, torch.Tensor, torch.Tensor]:
+        """One batch (positions, augmentation keys): the pipeline's inputs by name (the encoded samples, read and
+        verified under the bad-sample policy; pad_crop's draws), the positions fed, labels and indices (those of
+        the replacements where the policy replaced bad samples)."""
+        batch, keys = item
         samples = [self.bad_policy.read(self._read, int(p), self.reader.neighbours) for p in batch]
         labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
         fed = np.array([s[3] for s in samples], dtype=np.int64)
-        return [s[0] for s in samples], fed, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
+        inputs = {"data": [s[0] for s in samples]}
+        if self._feeds_pad_crop:
+            pad = self.pad_crop
+            draws = [T.pad_crop_draws(np.random.default_rng([self.seed, self.epoch, int(k)]), pad, self.flip)
+                     for k in keys]  # fmt: skip
+            inputs["pad_anchor"] = [np.array([t - pad, u - pad], dtype=np.float32) for t, u, _ in draws]
+            inputs["pad_mirror"] = [np.array(m, dtype=np.int32) for _, _, m in draws]
+        return inputs, fed, labels, torch.tensor([s[2] for s in samples], dtype=torch.int64)
 
     def _feed(self, gathered) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        self._pipe.feed_input("data", gathered[0])
+        for name, data in gathered[0].items():
+            self._pipe.feed_input(name, data)
         return gathered[1:]
 
-    def _start(self, todo: Iterator[np.ndarray]) -> deque:
+    def _start(self, todo: Iterator[tuple[np.ndarray, np.ndarray]]) -> deque:
         """Feed and schedule the epoch's first prefetch_queue_depth batches. A pipeline's first schedule_run runs
         prefetch_queue_depth times (DALI's prefetch), so a new one is fed that many first: copies of the last
         batch where the epoch has fewer, their outputs dropped (labels None)."""
@@ -418,7 +473,7 @@ class DALILoader(Loader):
         if not batches:
             return
         self._acquire()
-        todo = iter(batches)
+        todo = zip(batches, (self.batch_keys(first + j) for j in range(len(batches))))
         pending: deque = deque()
         try:
             pending = self._start(todo)

@@ -138,7 +138,9 @@ class FFCVLoader(Loader):
         pipes: dict[str, list] = {"label": label, "index": [IntDecoder(), ToTensor(), Squeeze(-1)]}
         if self.info["kind"] == "image":
             size = self.image_size
-            if self.train:
+            if self.train and self.pad_crop:  # the whole image at `size`; the padded crop and flip in _images
+                ops = [CenterCropRGBImageDecoder(size, ratio=1.0)]
+            elif self.train:
                 ops = [RandomResizedCropRGBImageDecoder(size, scale=self.crop_scale)]
                 ops += [RandomHorizontalFlip()] if self.flip else []
             else:
@@ -194,9 +196,16 @@ class FFCVLoader(Loader):
             it.close()  # stop FFCV's reader thread when an epoch is left early (resume, benchmarks)
 
     def _images(self, x: torch.Tensor, keys: np.ndarray, epoch: int) -> torch.Tensor:
-        """The decoded uint8 batch, gray as one channel, with RandAugment, then 3-Augment and colour jitter, seeded
-        per sample key (as the webdataset backend draws them) when asked for; in torch, in this process."""
+        """The decoded uint8 batch, gray as one channel, with the padded random crop and flip (pad_crop), RandAugment,
+        then 3-Augment and colour jitter, seeded per sample key (as the webdataset backend draws them) when asked
+        for; in torch, in this process."""
         x = x[:, :1] if self.channels == 1 else x  # gray data is stored as 3 equal channels
+        if self.pad_crop:  # the webdataset backend's draws: the sample's first, from (seed, epoch, key)
+            pad, flip = self.pad_crop, self.flip
+            rngs = [np.random.default_rng([self.seed, epoch, int(k)]) for k in keys]
+            x = self._per_image(
+                lambda img, rng: T.padded_random_crop(img, pad, T.pad_crop_draws(rng, pad, flip)), x, rngs
+            )
         if self.randaugment is not None:
             rngs = [RA.sample_rng(self.seed, epoch, int(k)) for k in keys]
             x = self._per_image(lambda img, rng: RA.rand_augment(img, *self.randaugment, rng), x, rngs)

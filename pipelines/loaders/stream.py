@@ -206,7 +206,7 @@ class _StreamDataset(torch.utils.data.IterableDataset):
         try:
             if lo.info["kind"] == "image":
                 x = load_image(data, lo.channels, lo.image_size, lo.train, rng, crop_scale=lo.crop_scale,
-                               eval_crop_ratio=lo.eval_crop_ratio, flip=lo.flip)  # fmt: skip
+                               eval_crop_ratio=lo.eval_crop_ratio, flip=lo.flip, pad_crop=lo.pad_crop)  # fmt: skip
                 if lo.randaugment is not None:
                     x = RA.rand_augment(x, *lo.randaugment, RA.sample_rng(lo.seed, self.epoch, index))
             else:

@@ -34,11 +34,14 @@ def load_image(
     crop_scale: tuple[float, float],
     eval_crop_ratio: float,
     flip: bool = True,
+    pad_crop: int = 0,
 ) -> torch.Tensor:
     """Decode a JPEG and crop+resize it in one PIL resize: uint8 (C, H, W).
 
     Training: Inception random-resized crop of `crop_scale` of the area and (``flip``) a horizontal flip with
-    probability 1/2. Evaluation: the centered square of side eval_crop_ratio * shorter side, resized to `size`.
+    probability 1/2; with `pad_crop` > 0 instead torchvision's RandomCrop(size, padding=pad_crop) then the flip,
+    on the image as evaluation at crop ratio 1 sees it (itself when it has `size`). Evaluation: the centered
+    square of side eval_crop_ratio * shorter side, resized to `size`.
     Large JPEGs are decoded at a reduced DCT scale (PIL's draft) when the crop still has at least `size` pixels.
     """
     from PIL import Image
@@ -46,7 +49,11 @@ def load_image(
     img = Image.open(io.BytesIO(data))
     mode = "L" if channels == 1 else "RGB"
     w, h = img.size
-    if train:
+    draws = None
+    if train and pad_crop:  # the whole image at `size`, then the padded crop and flip in torch (below)
+        top, left, ch, cw = T.center_crop_box(h, w, 1.0)
+        draws, mirror = T.pad_crop_draws(rng, pad_crop, flip), False
+    elif train:
         top, left, ch, cw = T.random_resized_crop_box(h, w, rng, crop_scale)
         mirror = rng.random() < 0.5 and flip  # drawn either way: the other draws stay the same
     else:
@@ -66,7 +73,8 @@ def load_image(
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     # contiguous, writable CHW (stacking strided views is ~10x slower; PIL's buffers are read-only)
     out = np.ascontiguousarray(arr)
-    return torch.from_numpy(out if out.flags.writeable else out.copy())
+    out = torch.from_numpy(out if out.flags.writeable else out.copy())
+    return out if draws is None else T.padded_random_crop(out, pad_crop, draws)
 
 
 def load_volume(
@@ -95,7 +103,7 @@ class _Dataset(torch.utils.data.Dataset):
         self.seed = loader.seed
         self.eval_crop_ratio = loader.eval_crop_ratio
         self.crop_scale = loader.crop_scale
-        self.flip = loader.flip
+        self.flip, self.pad_crop = loader.flip, loader.pad_crop
         self.randaugment = loader.randaugment
         self.three_augment, self.color_jitter = loader.three_augment, loader.color_jitter
         self.policy = loader.bad_policy
@@ -135,6 +143,7 @@ class _Dataset(torch.utils.data.Dataset):
                 crop_scale=self.crop_scale,
                 eval_crop_ratio=self.eval_crop_ratio,
                 flip=self.flip,
+                pad_crop=self.pad_crop,
             )
         return load_volume(
             data, self.size, self.train, rng, eval_crop_ratio=self.eval_crop_ratio, flip=self.flip
