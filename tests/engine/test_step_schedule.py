@@ -3,6 +3,8 @@ once per epoch (MedMNIST/experiments MedMNIST3D/train_and_eval_pytorch.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -103,3 +105,4 @@ def test_medmnist_recipe_runs_the_step_schedule():
     cfg = load_config("configs/volume/medmnist3d_vit_s.yaml")
     o = cfg.optim
     assert (o.schedule, list(o.step_milestones), o.step_gamma) == ("step", [0.5, 0.75], 0.1)
+    assert "substitute" not in Path("configs/volume/medmnist3d_vit_s.yaml").read_text()

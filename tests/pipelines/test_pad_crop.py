@@ -101,3 +101,13 @@ def test_pad_crop_refusals_and_evaluation(data_root):
 
     with pytest.raises(ConfigError, match=r"data.pad_crop=-2: expected pixels"):
         load_config("configs/digits.yaml", ["data.pad_crop=-2"])
+
+
+def test_cifar100_paper_recipe_runs_the_padded_crop():
+    from pathlib import Path
+
+    from liere.engine.config import load_config
+
+    path = "configs/cifar100/paper_vit_b.yaml"
+    assert load_config(path).data.pad_crop == 4
+    assert "substitute" not in Path(path).read_text()
