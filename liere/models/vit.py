@@ -101,16 +101,10 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = 1 if global_pool == "token" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix_tokens else None
         self.encoding = encodings.build(
-            encoding,
-            head_dim=embed_dim // num_heads,
-            num_heads=num_heads,
-            depth=depth,
-            num_axes=n,
-            grid_shape=self.grid_shape,
-            reference_grid=position_grid,
-            generator_init=generator_init,
+            encoding, head_dim=embed_dim // num_heads, num_heads=num_heads, depth=depth, num_axes=n,
+            grid_shape=self.grid_shape, reference_grid=position_grid, generator_init=generator_init,
             **(encoding_options or {}),
-        )
+        )  # fmt: skip
         self.pos_drop = nn.Dropout(drop_rate)
         rates = drop_path_rates(drop_path_rate, depth, drop_path_schedule)
         options = dict(
