@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -180,6 +181,11 @@ def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.de
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        cpus = bind_cpus_near_gpu(device.index or 0)
+        if cpus:
+            log0(
+                denv, f"CPU affinity: each rank on the CPUs of its GPU's NUMA node (rank 0: {len(cpus)} CPUs)"
+            )
     if not dist.is_initialized():
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo",
@@ -271,3 +277,40 @@ def leave_together() -> None:
     dist.barrier(group=_control_group())
     _CONTROL.clear()
     dist.destroy_process_group()
+
+
+def bind_cpus_near_gpu(gpu_index: int, sysfs: str | os.PathLike | None = None) -> set[int] | None:
+    """Bind every thread of this process to the allowed CPUs of the NUMA node that holds GPU
+    ``gpu_index`` (sysfs: the GPU's PCI address -> numa_node -> that node's cpulist), as torchrun's
+    ``--numa-binding=node`` does for the processes it starts; this project starts its ranks itself
+    (slurm/node_launch.sh). Returns the CPUs, or None where nothing is known (no sysfs entry, one
+    node, an empty intersection) or ``LIERE_CPU_BIND=0``. Loader workers inherit the binding."""
+    if os.environ.get("LIERE_CPU_BIND", "1") == "0":
+        return None
+    root = Path(sysfs or os.environ.get("LIERE_SYSFS", "/sys"))
+    props = torch.cuda.get_device_properties(gpu_index)
+    address = f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    try:
+        node = int((root / "bus/pci/devices" / address / "numa_node").read_text())
+        cpulist = (root / f"devices/system/node/node{max(node, 0)}/cpulist").read_text()
+    except (OSError, ValueError):
+        return None
+    cpus = _parse_cpulist(cpulist) & os.sched_getaffinity(0)
+    if not cpus or cpus == os.sched_getaffinity(0):
+        return None
+    for tid in os.listdir("/proc/self/task"):  # threads already started (OpenMP, loaders) as well
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return cpus
+
+
+def _parse_cpulist(text: str) -> set[int]:
+    """``0-3,8,10-11`` -> {0, 1, 2, 3, 8, 10, 11}."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus

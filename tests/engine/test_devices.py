@@ -85,3 +85,42 @@ def test_deepspeed_follows_the_device_torch_uses(monkeypatch, capsys):
     assert "DS_ACCELERATOR=cpu replaced by cuda" in capsys.readouterr().out
     distributed.align_accelerator(torch.device("cpu"), announce=True)
     assert distributed.os.environ["DS_ACCELERATOR"] == "cpu"
+
+
+def test_each_rank_is_bound_to_the_cpus_of_its_gpus_numa_node(tmp_path):
+    """A stand-in for a GPU (its PCI address, as torch reports it) on NUMA node 1 of a sysfs tree:
+    the process and its threads end on node 1's CPUs that it may use, only those. Run in a child
+    process so that this one keeps its affinity."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to tell a binding from none")
+    allowed = sorted(os.sched_getaffinity(0))
+    pci = tmp_path / "bus/pci/devices/0000:18:00.0"
+    pci.mkdir(parents=True)
+    (pci / "numa_node").write_text("1\n")
+    for node, cpus in ((0, allowed[:1]), (1, allowed[1:])):
+        d = tmp_path / f"devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        d.joinpath("cpulist").write_text(",".join(map(str, cpus)) + "\n")
+    code = textwrap.dedent(f"""
+        import os, threading, types, torch
+        from liere.engine import distributed
+        props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x18, pci_device_id=0)
+        torch.cuda.get_device_properties = lambda i: props  # stand-in: no GPU here
+        started = threading.Event(); done = threading.Event()
+        t = threading.Thread(target=lambda: (started.set(), done.wait())); t.start(); started.wait()
+        cpus = distributed.bind_cpus_near_gpu(0, sysfs={str(tmp_path)!r})
+        print(sorted(cpus), sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(t.native_id)))
+        os.environ["LIERE_CPU_BIND"] = "0"
+        print(distributed.bind_cpus_near_gpu(0, sysfs={str(tmp_path)!r}))
+        done.set(); t.join()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    bound, off = out.stdout.strip().splitlines()
+    node1 = allowed[1:]
+    assert bound == f"{node1} {node1} {node1}"  # the process and a thread started before the binding
+    assert off == "None"
