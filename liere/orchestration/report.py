@@ -219,17 +219,8 @@ def _resolution_table(stats: dict[str, Any], keys: list[str], plot: Path | None)
         "Top-1 (%) mean ± std over seeds; the model was trained at " + stats["train_size"] + ". *Zoom*: the "
         "validation inputs resized to each size (the same content at more pixels).",
         "",
-        "| encoding | " + " | ".join(keys) + " |",
-        "|---|" + "---|" * len(keys),
+        *_seed_table(stats, keys),
     ]
-    for a in stats["arms"]:
-        if a["top1_mean"] is None:
-            continue
-        cells = [
-            f"{_pct(a['evals'][k]['mean'])} ± {_pct(a['evals'][k]['std'])}" if k in a["evals"] else "-"
-            for k in keys
-        ]
-        lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
     if plot is not None:
         lines += ["", f"![accuracy against evaluation resolution]({plot.name})"]
     return lines
@@ -247,9 +238,15 @@ def _extent_table(stats: dict[str, Any], keys: list[str]) -> list[str]:
         f"Top-1 (%) mean ± std over seeds. *Extent*: the same validation samples drawn on a larger canvas "
         f"(marks and distances keep their pixel sizes; more tokens around them); {train} is the validation split itself.",
         "",
-        "| encoding | " + " | ".join(k.split()[0] for k in keys) + " |",
-        "|---|" + "---|" * len(keys),
+        *_seed_table(stats, keys),
     ]
+    return lines
+
+
+def _seed_table(stats: dict[str, Any], keys: list[str]) -> list[str]:
+    """Header and one row per arm: top-1 mean ± std over seeds at each evaluation of ``keys`` (named
+    by their size)."""
+    lines = ["| encoding | " + " | ".join(k.split()[0] for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for a in stats["arms"]:
         if a["top1_mean"] is None:
             continue
