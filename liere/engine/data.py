@@ -117,6 +117,16 @@ def model_spec(cfg: DictConfig, info: dict[str, Any]) -> dict[str, Any]:
     }
     if m.patch_size is not None:
         kwargs["patch_size"] = list(m.patch_size)
+    channels, classes = int(info["channels"]), int(info["num_classes"])
+    if m.in_chans is not None and int(m.in_chans) != channels:
+        raise ValueError(
+            f"model.in_chans={m.in_chans} but data set {cfg.data.dataset!r} has {channels}-channel inputs "
+            f"(set model.in_chans: {channels}, or null to take it from the data)"
+        )
+    if m.num_classes is not None and 0 < int(m.num_classes) < classes:
+        raise ValueError(
+            f"model.num_classes={m.num_classes} but data set {cfg.data.dataset!r} has {classes} classes"
+        )
     if int(info["spatial_rank"]) != len(m.img_size):
         raise ValueError(
             f"model.img_size={list(m.img_size)} has {len(m.img_size)} axes but data set {cfg.data.dataset!r} "

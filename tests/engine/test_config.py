@@ -80,3 +80,22 @@ def test_what_only_the_model_or_the_data_can_refuse_is_a_message_in_training_too
     assert out.returncode == 2, out.stderr[-2000:]
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert error and named in error[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_model_channels_and_classes_must_fit_the_data():
+    """A config's model.in_chans that the data set does not have is named before any work (it used
+    to pass a dry run and fail at the first forward); a head smaller than the classes too."""
+    from pathlib import Path
+
+    from liere.engine.config import load_config
+    from liere.engine.data import model_spec
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits.yaml", ["model.in_chans=3"])
+    info = {"channels": 1, "num_classes": 10, "spatial_rank": 2}
+    with pytest.raises(ValueError, match=r"model.in_chans=3 .* 1-channel"):
+        model_spec(cfg, info)
+    cfg.model.in_chans, cfg.model.num_classes = 1, 5
+    with pytest.raises(ValueError, match=r"model.num_classes=5 .* 10 classes"):
+        model_spec(cfg, info)
+    cfg.model.num_classes = None
+    assert model_spec(cfg, info)["kwargs"]["in_chans"] == 1
