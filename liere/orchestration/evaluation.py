@@ -163,9 +163,6 @@ def evaluate_checkpoint(
     return result
 
 
-PROTOCOLS = ("zoom", "extent")
-
-
 def evaluate_sizes(
     model, data: EvalData, sizes: list[list[int]], *, shuffle: bool, device, protocols=("zoom",)
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -174,6 +171,7 @@ def evaluate_sizes(
     import numpy as np
     import torch
 
+    from liere.engine.config import PROTOCOLS
     from liere.engine.evaluate import evaluate, result_line, shuffle_patches
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
