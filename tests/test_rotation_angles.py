@@ -125,8 +125,8 @@ def test_generator_init_and_position_grid_are_checked_in_the_config():
     from liere.engine.config import ConfigError, load_config
 
     compass = Path(__file__).resolve().parents[1] / "configs" / "compass2d.yaml"
-    with pytest.raises(ConfigError, match="model.generator_init"):
+    with pytest.raises(ConfigError, match=r"model\.generator_init"):
         load_config(compass, ["model.generator_init=wide"])
-    with pytest.raises(ConfigError, match="model.position_grid"):
+    with pytest.raises(ConfigError, match=r"model\.position_grid"):
         load_config(compass, ["model.position_grid=[4,4,4]"])
     assert load_config(compass, ["model.generator_init=grid"]).model.generator_init == "grid"

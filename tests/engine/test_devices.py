@@ -119,7 +119,9 @@ def test_each_rank_is_bound_to_the_cpus_of_its_gpus_numa_node(tmp_path):
         print(distributed.bind_cpus_near_gpu(0, sysfs={str(tmp_path)!r}))
         done.set(); t.join()
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     bound, off = out.stdout.strip().splitlines()
     node1 = allowed[1:]
     assert bound == f"{node1} {node1} {node1}"  # the process and a thread started before the binding
