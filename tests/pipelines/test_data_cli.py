@@ -82,7 +82,9 @@ def test_cli_help_and_unknown_source():
 def test_dataset_info_sizes_a_model(data_root):
     info = dataset_info(data_root, "compass3d")
     assert info["num_classes"] == 6 and info["channels"] == 1 and info["spatial_rank"] == 3
-    assert info["native_size"] == [12, 12, 12] and info["splits"] == {"train": 200, "val": 90}
+    assert info["native_size"] == [12, 12, 12] and info["splits"] == {
+        "train": 200, "val": 90, "val-extent18": 90, "val-extent24": 90,  # extent: 1.5x and 2x canvases
+    }  # fmt: skip
     info = dataset_info(data_root, "digits")
     assert (info["num_classes"], info["channels"], info["spatial_rank"], info["native_size"]) == (
         10,
@@ -118,7 +120,8 @@ def test_ensure_prepared_on_two_ranks(tmp_path):
         p.join(180)
         assert p.exitcode == 0
     results = sorted(queue.get(timeout=5) for _ in procs)
-    assert results[0][1] == results[1][1] == {"train": 64, "val": 16}
+    extent = {"val-extent24": 16, "val-extent32": 16}  # the val samples on 1.5x and 2x canvases
+    assert results[0][1] == results[1][1] == {"train": 64, "val": 16, **extent}
     assert results[0][2] == results[1][2]  # written once
     mtime = results[0][2]
     ensure_prepared("compass2d", tmp_path, rank=0, world_size=1, image_size=16, num_train=64, num_val=16)
@@ -129,6 +132,7 @@ def test_ensure_prepared_on_two_ranks(tmp_path):
     assert info["splits"] == {
         "train": 80,
         "val": 16,
+        **extent,
     }  # a different request is prepared, not mistaken for done
 
 
