@@ -337,3 +337,20 @@ def export_checkpoint(checkpoint_dir: Path, tag: str, spec: dict[str, Any], path
     state = consolidated_state_dict(checkpoint_dir, tag)
     liere.models.save_pretrained(state, path, spec["name"], spec["kwargs"])
     return path
+
+
+def latest_of_run(run_dir: Path) -> tuple[Path, str, dict[str, Any]] | None:
+    """(checkpoint folder, tag, model spec) of a run's newest complete checkpoint, found by this process
+    alone (no collective), the spec built from the run's config.yaml; None without either."""
+    from omegaconf import OmegaConf
+
+    import pipelines
+    from liere.engine.data import model_spec
+
+    checkpointer = Checkpointer(run_dir, rank=0, keep=10**6)
+    tag = checkpointer._find_latest()
+    config = run_dir / "config.yaml"
+    if tag is None or not config.is_file():
+        return None
+    cfg = OmegaConf.load(config)
+    return checkpointer.dir, tag, model_spec(cfg, pipelines.dataset_info(cfg.data.root, cfg.data.dataset))

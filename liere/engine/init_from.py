@@ -54,23 +54,16 @@ def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _from_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     """The latest complete checkpoint of a run that has not exported yet, consolidated in memory."""
-    from omegaconf import OmegaConf
+    from liere.engine.checkpoint import consolidated_state_dict, latest_of_run
 
-    import pipelines
-    from liere.engine.checkpoint import Checkpointer, consolidated_state_dict
-    from liere.engine.data import model_spec
-
-    checkpointer = Checkpointer(run_dir, rank=0, keep=10**6)
-    tag = checkpointer._find_latest()
-    config = run_dir / "config.yaml"
-    if tag is None or not config.is_file():
+    found = latest_of_run(run_dir)
+    if found is None:
         raise InitFromError(
             f"train.init_from={str(run_dir)!r}: neither model.safetensors nor a complete checkpoint "
             "with the run's config.yaml"
         )
-    cfg = OmegaConf.load(config)
-    spec = model_spec(cfg, pipelines.dataset_info(cfg.data.root, cfg.data.dataset))
-    return consolidated_state_dict(checkpointer.dir, tag), spec, checkpointer.dir / tag
+    ckpt_dir, tag, spec = found
+    return consolidated_state_dict(ckpt_dir, tag), spec, ckpt_dir / tag
 
 
 def _ape_grids(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -52,23 +52,16 @@ def resolve_weights(checkpoint: str | Path) -> tuple[Path, Path | None]:
 
 def export_latest(run_dir: Path) -> Path:
     """Export ``run_dir/checkpoints/latest`` (a run stopped before its end) to model.safetensors."""
-    from omegaconf import OmegaConf
+    from liere.engine.checkpoint import export_checkpoint, latest_of_run
 
-    import pipelines
-    from liere.engine.checkpoint import Checkpointer, export_checkpoint
-    from liere.engine.data import model_spec
-
-    checkpointer = Checkpointer(run_dir, rank=0, keep=10**6)
-    tag = checkpointer.latest()
-    config = run_dir / "config.yaml"
-    if tag is None or not config.is_file():
+    found = latest_of_run(run_dir)
+    if found is None:
         raise FileNotFoundError(
             f"{run_dir}: neither model.safetensors nor a complete checkpoint with config.yaml to export"
         )
-    cfg = OmegaConf.load(config)
-    spec = model_spec(cfg, pipelines.dataset_info(cfg.data.root, cfg.data.dataset))
-    weights = export_checkpoint(checkpointer.dir, tag, spec, run_dir / "model.safetensors")
-    print(f"exported {checkpointer.dir / tag} -> {weights}", flush=True)
+    ckpt_dir, tag, spec = found
+    weights = export_checkpoint(ckpt_dir, tag, spec, run_dir / "model.safetensors")
+    print(f"exported {ckpt_dir / tag} -> {weights}", flush=True)
     return weights
 
 
