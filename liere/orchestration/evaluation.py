@@ -192,18 +192,12 @@ def evaluate_sizes(
     return rows, preds
 
 
-def extent_split(split: str, size: int) -> str:
-    """The name of the split that draws ``split``'s samples on a ``size``-pixel canvas (compass sets)."""
-    from pipelines.sources.embedded import extent_split as name
-
-    return name(split, size)
-
-
 def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> str:
     """The split the extent protocol reads at ``size``: the split itself at the training size, else
     its ``-extent<S>`` sibling (prepared on first use for an embedded data set). Equal sides only."""
     import pipelines
     from pipelines.sources import list_sources, source_class
+    from pipelines.sources.embedded import extent_split
 
     if list(size) == list(train_size):
         return data.split
