@@ -379,12 +379,12 @@ def _check_protocols(cfg: DictConfig) -> None:
     )
     if "extent" in protocols:
         d = cfg.data.dataset
-        ok = d in list_sources() and getattr(source_class(d), "draws_extent", False)
+        drawing = [s for s in list_sources() if getattr(source_class(s), "draws_extent", False)]
         _need(
-            ok,
+            d in drawing,
             "eval.protocols",
             protocols,
-            f"extent needs a data set that draws larger canvases (compass2d, compass3d), not {d!r}",
+            f"extent needs a data set that draws larger canvases ({', '.join(drawing)}), not {d!r}",
         )
 
 

@@ -205,9 +205,10 @@ def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> 
         raise ValueError(
             f"extent protocol: size {size} must have equal sides (the data set draws square canvases)"
         )
-    if data.dataset not in list_sources() or not getattr(source_class(data.dataset), "draws_extent", False):
+    drawing = [s for s in list_sources() if getattr(source_class(s), "draws_extent", False)]
+    if data.dataset not in drawing:
         raise ValueError(
-            f"extent protocol: data set {data.dataset!r} does not draw larger canvases (compass2d and compass3d do)"
+            f"extent protocol: data set {data.dataset!r} does not draw larger canvases ({', '.join(drawing)} do)"
         )
     split = extent_split(data.split, size[0])
     info = pipelines.dataset_info(data.root, data.dataset)

@@ -189,7 +189,13 @@ class DALILoader(Loader):
         prefetch_queue_depth: int = 2,
         **kwargs: Any,
     ):
-        import nvidia.dali  # noqa: F401  (fail here, clearly, when DALI is not installed)
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"data.backend=dali needs NVIDIA DALI, which is not installed ({e}): `make install` "
+                "installs it, or choose data.backend=webdataset"
+            ) from e
 
         self.reader = ShardReader(split_dir, verify=verify)
         super().__init__(self.reader.manifest, **kwargs)

@@ -6,12 +6,14 @@ the direction of the target seen from the anchor, so it depends only on their re
 while the pair is placed uniformly at random wherever it fits (absolute position is drawn
 independently of the label). Every sample is a pure function of (seed, split, index).
 
-The compass sets also hold **extent** splits, ``val-extent<S>``: validation sample i of ``val`` (the
-same label, direction and distance, drawn from the same random stream) on a larger S-pixel canvas
-at the training scale: marks and distances keep their pixel sizes, the pair is placed anywhere on
-the canvas, the noise background covers all of it. Evaluating there asks whether a model handles
-more tokens of the same kind of scene; resizing ``val`` to S asks about a zoomed scene (the marks
-grow with it). docs/results.md reports both.
+Every set also holds **extent** splits, ``val-extent<S>``: validation sample i of ``val`` on a
+larger S-pixel canvas at the training scale. In the compass sets it has the same label, direction
+and distance, drawn from the same random stream: marks and distances keep their pixel sizes, the
+pair is placed anywhere on the canvas, the noise background covers all of it. In `digits` the
+digit, at the training size, lands at a random place (a pure function of its index) on a black
+canvas, the digits' own background. Evaluating there asks whether a model handles more tokens of
+the same kind of scene; resizing ``val`` to S asks about a zoomed scene (the marks and strokes grow
+with it). docs/results.md reports both.
 """
 
 from __future__ import annotations
@@ -41,15 +43,43 @@ def _stats(arrays: list[np.ndarray], channels: int) -> tuple[tuple[float, ...], 
     return tuple(float(v) for v in x.mean(axis=1)), tuple(float(v) for v in std)
 
 
+class _ExtentSplits:
+    """``val-extent<S>`` splits beside train and val; S defaults to 1.5x and 2x the size, the
+    evaluation sizes of the configs."""
+
+    draws_extent = True  # holds val-extent<S> splits (eval.protocols: extent)
+    size: int
+    name: str
+
+    def _init_extent(self, extent_sizes) -> None:
+        extent_sizes = (self.size * 3 // 2, self.size * 2) if extent_sizes is None else extent_sizes
+        self.extent_sizes = tuple(int(e) for e in extent_sizes)
+        if any(e <= self.size for e in self.extent_sizes):
+            raise ValueError(
+                f"{self.name}: extent sizes {self.extent_sizes} must exceed the size {self.size}"
+            )
+
+    def splits(self) -> list[str]:
+        return ["train", "val", *(extent_split("val", e) for e in self.extent_sizes)]
+
+    def _base(self, split: str) -> tuple[str, int]:
+        """``val-extent64`` -> ("val", 64); any other split -> (split, the training size)."""
+        if EXTENT in split:
+            base, size = split.split(EXTENT)
+            return base, int(size)
+        return split, self.size
+
+
 @register_source
-class Digits(Source):
+class Digits(_ExtentSplits, Source):
     """scikit-learn's handwritten digits, 10 classes; every 5th image is `val`; upsampled to `size`."""
 
     name = "digits"
     kind = "image"
     needs_src = False
+    revision = 1  # 1: the extent splits (data prepared before is prepared again, adding them)
 
-    def __init__(self, size: int = 32):
+    def __init__(self, size: int = 32, extent_sizes=None):
         from sklearn.datasets import load_digits  # bundled with scikit-learn, read from its package data
 
         data = load_digits()
@@ -61,34 +91,40 @@ class Digits(Source):
         self.classes = [str(d) for d in range(10)]
         self.channels = 1
         self.mean, self.std = _stats([self._images[i][..., None] for i in self._index["train"]], 1)
-
-    def splits(self) -> list[str]:
-        return ["train", "val"]
+        self._init_extent(extent_sizes)
 
     def num_samples(self, split: str) -> int:
         self._check_split(split)
-        return len(self._index[split])
+        return len(self._index[self._base(split)[0]])
 
     def get(self, split: str, index: int) -> Sample:
         from PIL import Image
 
-        i = int(self._index[split][index])
+        self._check_split(split)
+        base, canvas = self._base(split)
+        i = int(self._index[base][index])
         img = Image.fromarray(self._images[i], mode="L")
         if self.size != 8:
             img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        return Sample(np.asarray(img), int(self._labels[i]), f"sklearn digits #{i}")
+        digit = np.asarray(img)
+        if canvas != self.size:  # extent: the digit at its training size, anywhere on a black canvas
+            rng = np.random.default_rng([_SPLIT_CODE[base], int(index), canvas])
+            r, c = rng.integers(0, canvas - self.size + 1, size=2)
+            out = np.zeros((canvas, canvas), np.uint8)
+            out[r : r + self.size, c : c + self.size] = digit
+            digit = out
+        return Sample(digit, int(self._labels[i]), f"sklearn digits #{i}")
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "size": self.size}
 
 
-class _Compass(Source):
+class _Compass(_ExtentSplits, Source):
     """Shared placement logic of the compass sets: a displacement per label, a uniform placement."""
 
     needs_src = False
     ndim = 2
 
-    draws_extent = True  # holds val-extent<S> splits (eval.protocols: extent)
     revision = 1  # 1: the extent splits (data prepared before is prepared again, adding them)
 
     def __init__(self, size: int, num_train: int, num_val: int, seed: int = 0, extent_sizes=None):
@@ -97,30 +133,14 @@ class _Compass(Source):
             raise ValueError(f"{self.name}: size must be at least 8, got {self.size}")
         self.seed = int(seed)
         self._counts = {"train": int(num_train), "val": int(num_val)}
-        # default: 1.5x and 2x the size, the evaluation sizes of the compass configs
-        extent_sizes = (self.size * 3 // 2, self.size * 2) if extent_sizes is None else extent_sizes
-        self.extent_sizes = tuple(int(e) for e in extent_sizes)
-        if any(e <= self.size for e in self.extent_sizes):
-            raise ValueError(
-                f"{self.name}: extent sizes {self.extent_sizes} must exceed the size {self.size}"
-            )
+        self._init_extent(extent_sizes)
         self.mark = max(1, self.size // 16)
         sample = [self.get("train", i).data for i in range(min(64, self._counts["train"]))]
         self.mean, self.std = _stats(sample, self.channels)
 
-    def splits(self) -> list[str]:
-        return ["train", "val", *(extent_split("val", e) for e in self.extent_sizes)]
-
     def num_samples(self, split: str) -> int:
         self._check_split(split)
         return self._counts[self._base(split)[0]]
-
-    def _base(self, split: str) -> tuple[str, int]:
-        """``val-extent64`` -> ("val", 64); any other split -> (split, the training size)."""
-        if EXTENT in split:
-            base, size = split.split(EXTENT)
-            return base, int(size)
-        return split, self.size
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "size": self.size, "seed": self.seed, "counts": self._counts}

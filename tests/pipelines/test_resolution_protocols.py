@@ -1,4 +1,4 @@
-"""The two resolution protocols: zoom (the validation inputs resized) and extent (the compass sets'
+"""The two resolution protocols: zoom (the validation inputs resized) and extent (the embedded sets'
 own larger canvases at the training scale), from the generators through the evaluation loader."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from liere.orchestration.evaluation import EvalData, evaluate_sizes, extent_split_for, row_name
 from liere.orchestration.report import _eval_keys
 from pipelines.errors import DataError
-from pipelines.sources.embedded import Compass2D, Compass3D
+from pipelines.sources.embedded import Compass2D, Compass3D, Digits
 
 
 def _marks_2d(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +45,24 @@ def test_compass3d_extent_keeps_voxels_and_labels():
         d0 = _corner(base.data[0] == 128) - _corner(base.data[0] == 255)
         d1 = _corner(ext.data[0] == 128) - _corner(ext.data[0] == 255)
         assert (ext.data[0] == 255).sum() == (base.data[0] == 255).sum() and np.array_equal(d0, d1)
+
+
+def test_digits_extent_keeps_the_digit_whole_on_a_black_canvas():
+    """Every stroke pixel of the digit at the training size, unchanged, somewhere on the canvas."""
+    src = Digits(size=16)
+    assert src.splits() == ["train", "val", "val-extent24", "val-extent32"]
+    assert src.num_samples("val-extent32") == src.num_samples("val") == 360
+    places = set()
+    for i in range(0, 360, 9):
+        base, ext = src.get("val", i), src.get("val-extent32", i)
+        assert ext.data.shape == (32, 32) and ext.label == base.label
+        rows, cols = np.nonzero(ext.data)
+        r, c = rows.min() - np.nonzero(base.data)[0].min(), cols.min() - np.nonzero(base.data)[1].min()
+        assert np.array_equal(ext.data[r : r + 16, c : c + 16], base.data)  # the digit, whole
+        assert ext.data.sum() == base.data.sum()  # nothing else drawn: the background stays black
+        assert np.array_equal(src.get("val-extent32", i).data, ext.data)  # a pure function of i
+        places.add((int(r), int(c)))
+    assert len(places) > 20  # placed anywhere, not always in one corner
 
 
 def test_unknown_extent_size_is_named():
@@ -108,8 +126,8 @@ def test_extent_refuses_what_it_cannot_draw(data_root):
     view = _view(data_root)
     with pytest.raises(ValueError, match="equal sides"):
         extent_split_for(view, [24, 24], [48, 64])
-    digits = EvalData(**{**vars(view), "dataset": "digits"})
-    with pytest.raises(ValueError, match="does not draw larger canvases"):
-        extent_split_for(digits, [16, 16], [32, 32])
+    cifar = EvalData(**{**vars(view), "dataset": "cifar100"})
+    with pytest.raises(ValueError, match="'cifar100' does not draw larger canvases"):
+        extent_split_for(cifar, [32, 32], [48, 48])
     with pytest.raises(ValueError, match="val-extent40"):
         extent_split_for(view, [24, 24], [40, 40])
