@@ -3,6 +3,8 @@ once and reused, and the GPU graph (mixed decoder, `.gpu()` placement) traced by
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from data_helpers import make_loader, require
@@ -168,3 +170,14 @@ def test_gpu_graph_moves_volumes_to_the_gpu_before_their_crops(dali, data_root):
     assert out.device == "gpu"
     assert all(o[1] == "gpu" for o in ops if o[0] in ("Crop", "Flip", "Resize", "Transpose"))
     assert any(o[0] == "Crop" for o in ops)
+
+
+def test_a_missing_dali_install_is_named_with_the_way_out(data_root, monkeypatch):
+    """A machine without DALI (stood in for by hiding the installed package): the loader names the
+    backend, the install that brings it and the other backend, instead of a bare ModuleNotFoundError."""
+    from pipelines import build_loader
+
+    require("nvidia.dali")
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(ImportError, match=r"data.backend=dali needs NVIDIA DALI.*make install.*webdataset"):
+        build_loader(backend="dali", root=str(data_root), dataset="compass2d", split="val", batch_size=8, train=False)
