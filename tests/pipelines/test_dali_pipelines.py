@@ -180,4 +180,6 @@ def test_a_missing_dali_install_is_named_with_the_way_out(data_root, monkeypatch
     require("nvidia.dali")
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(ImportError, match=r"data.backend=dali needs NVIDIA DALI.*make install.*webdataset"):
-        build_loader(backend="dali", root=str(data_root), dataset="compass2d", split="val", batch_size=8, train=False)
+        build_loader(
+            backend="dali", root=str(data_root), dataset="compass2d", split="val", batch_size=8, train=False
+        )
