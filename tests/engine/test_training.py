@@ -26,9 +26,8 @@ def mlflow_client(tmp_path):
     return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stages_train_two_ranks_and_the_loss_falls(tmp_path, digits_root, stage):
-    proc, out = run_train(tmp_path, digits_root, [f"train.zero_stage={stage}"])
+def assert_two_ranks_trained(proc, out, tmp_path, stage: int) -> None:
+    """30 steps on 2 ranks at this ZeRO stage, logged to MLflow, and the loss fell."""
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = summary(out)
     assert result["step"] == 30
@@ -41,11 +40,17 @@ def test_zero_stages_train_two_ranks_and_the_loss_falls(tmp_path, digits_root, s
     assert "ZeRO-" + str(stage) in proc.stdout
 
 
+def test_zero_1_trains_two_ranks_and_the_loss_falls(tmp_path, digits_root):
+    """ZeRO-1 here; ZeRO-2 and ZeRO-3 in the MLflow and export tests below (same assertions)."""
+    proc, out = run_train(tmp_path, digits_root, ["train.zero_stage=1"])
+    assert_two_ranks_trained(proc, out, tmp_path, 1)
+
+
 def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
     proc, out = run_train(
         tmp_path, digits_root, ["train.zero_stage=2", "eval.sizes=[16,32]", "eval.canvas_sizes=[24]"]
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_two_ranks_trained(proc, out, tmp_path, 2)
     run_id = summary(out)["mlflow_run_id"]
     client = mlflow_client(tmp_path)
     run = client.get_run(run_id)
@@ -99,7 +104,7 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, digits_root):
 
 def test_exported_weights_load_without_deepspeed_and_give_the_same_results(tmp_path, digits_root):
     proc, out = run_train(tmp_path, digits_root, ["train.precision=fp32", "train.zero_stage=3"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_two_ranks_trained(proc, out, tmp_path, 3)
     result = summary(out)
     weights = out / "model.safetensors"
     model = liere.load_model(weights).eval()
