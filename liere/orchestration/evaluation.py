@@ -82,18 +82,17 @@ class EvalData:
         """The split (default: this view's) at ``size`` through the engine's evaluation loader, in this one process."""
         from omegaconf import OmegaConf
 
+        from liere.engine.config import DataConfig
         from liere.engine.data import eval_loader
         from liere.engine.distributed import DistEnv
 
-        view = OmegaConf.create({
-            "data": {
-                "dataset": self.dataset, "root": self.root, "val_split": split or self.split, "backend": self.backend,
-                "access": "indexed",  # the prepared local shards of the run's data set
-                "batch_size": self.batch_size, "eval_batch_size": self.batch_size, "workers": self.workers,
-                "eval_crop_ratio": self.crop_ratio,
-            },
-            "train": {"seed": self.seed},
+        data = OmegaConf.merge(OmegaConf.structured(DataConfig), {  # every other key at its default
+            "dataset": self.dataset, "root": self.root, "val_split": split or self.split, "backend": self.backend,
+            "access": "indexed",  # the prepared local shards of the run's data set
+            "batch_size": self.batch_size, "eval_batch_size": self.batch_size, "workers": self.workers,
+            "eval_crop_ratio": self.crop_ratio,
         })  # fmt: skip
+        view = OmegaConf.create({"data": data, "train": {"seed": self.seed}})
         return eval_loader(view, DistEnv(rank=0, local_rank=0, world_size=1, launcher="single"), size)
 
 

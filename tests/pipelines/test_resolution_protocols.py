@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_helpers import require_backend
 
 from liere.orchestration.evaluation import EvalData, evaluate_sizes, extent_split_for, row_name
 from liere.orchestration.report import _eval_keys
+from pipelines import BACKENDS
 from pipelines.errors import DataError
 from pipelines.sources.embedded import Compass2D, Compass3D, Digits
 
@@ -72,9 +74,9 @@ def test_unknown_extent_size_is_named():
         Compass2D(num_train=8, num_val=4, extent_sizes=(16,))
 
 
-def _view(data_root) -> EvalData:
+def _view(data_root, backend: str = "webdataset") -> EvalData:
     return EvalData(
-        dataset="compass2d", root=str(data_root), split="val", backend="webdataset",
+        dataset="compass2d", root=str(data_root), split="val", backend=backend,
         batch_size=130, workers=0, seed=0, crop_ratio=None,
     )  # fmt: skip
 
@@ -120,6 +122,26 @@ def test_evaluate_rows_name_each_protocol(data_root):
         "24x24 extent",
         "48x48 extent",
     ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_evaluates_both_protocols(backend, data_root):
+    """The sweep's evaluation view through each backend's loader: every sample of val at the training
+    size, zoomed and on the larger canvas, with the same labels for the same indices."""
+    require_backend(backend)
+    view = _view(data_root, backend)
+    batches = {
+        name: list(view.loader([48, 48] if name != "base" else [24, 24], split))
+        for name, split in [
+            ("base", None), ("zoom", None), ("extent", extent_split_for(view, [24, 24], [48, 48]))
+        ]
+    }  # fmt: skip
+    labels = {}
+    for name, got in batches.items():
+        index, label = torch.cat([b["index"] for b in got]), torch.cat([b["label"] for b in got])
+        assert got[0]["input"].shape[-1] == (24 if name == "base" else 48) and len(index) == 130
+        labels[name] = label[torch.argsort(index)]
+    assert torch.equal(labels["base"], labels["zoom"]) and torch.equal(labels["base"], labels["extent"])
 
 
 def test_extent_refuses_what_it_cannot_draw(data_root):
