@@ -368,7 +368,7 @@ def _check_sparsity_and_eval(cfg: DictConfig) -> None:
 
 
 def _check_protocols(cfg: DictConfig) -> None:
-    from pipelines.sources import list_sources, source_class
+    from pipelines.sources import extent_sources
 
     protocols = list(cfg.eval.protocols)
     _need(
@@ -379,7 +379,7 @@ def _check_protocols(cfg: DictConfig) -> None:
     )
     if "extent" in protocols:
         d = cfg.data.dataset
-        drawing = [s for s in list_sources() if getattr(source_class(s), "draws_extent", False)]
+        drawing = extent_sources()
         _need(
             d in drawing,
             "eval.protocols",

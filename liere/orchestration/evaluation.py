@@ -195,7 +195,7 @@ def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> 
     """The split the extent protocol reads at ``size``: the split itself at the training size, else
     its ``-extent<S>`` sibling (prepared on first use for an embedded data set). Equal sides only."""
     import pipelines
-    from pipelines.sources import list_sources, source_class
+    from pipelines.sources import extent_sources
     from pipelines.sources.embedded import extent_split
 
     if list(size) == list(train_size):
@@ -204,7 +204,7 @@ def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> 
         raise ValueError(
             f"extent protocol: size {size} must have equal sides (the data set draws square canvases)"
         )
-    drawing = [s for s in list_sources() if getattr(source_class(s), "draws_extent", False)]
+    drawing = extent_sources()
     if data.dataset not in drawing:
         raise ValueError(
             f"extent protocol: data set {data.dataset!r} does not draw larger canvases ({', '.join(drawing)} do)"

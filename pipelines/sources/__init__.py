@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pipelines.sources import cifar, embedded, imagefolder, medmnist, ucf101, volumes  # noqa: F401  (they register)
 from pipelines.sources.base import Sample, Source
-from pipelines.sources.registry import get_source, list_sources, register_source, source_class
+from pipelines.sources.registry import extent_sources, get_source, list_sources, register_source, source_class
 
-__all__ = ["Sample", "Source", "get_source", "list_sources", "register_source", "source_class"]
+__all__ = [
+    "Sample", "Source", "extent_sources", "get_source", "list_sources", "register_source", "source_class",
+]  # fmt: skip

@@ -31,6 +31,11 @@ def list_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
+def extent_sources() -> list[str]:
+    """Names of the sources that draw ``val-extent<S>`` splits (evaluation protocol ``extent``)."""
+    return [n for n in list_sources() if getattr(_SOURCES[n], "draws_extent", False)]
+
+
 def source_class(name: str) -> type[Source]:
     """The class registered under `name`; a KeyError listing the known names otherwise."""
     if name not in _SOURCES:

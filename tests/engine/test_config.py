@@ -38,6 +38,14 @@ def test_bad_values_are_named(override, message):
         load_config(DEMO, [override])
 
 
+def test_the_extent_protocol_needs_a_data_set_that_draws_canvases():
+    assert list(load_config(DEMO, ["eval.protocols=[zoom,extent]"]).eval.protocols) == ["zoom", "extent"]
+    with pytest.raises(
+        ConfigError, match=r"eval.protocols.*\(compass2d, compass3d, digits\), not 'cifar100'"
+    ):
+        load_config(DEMO, ["data.dataset=cifar100", "eval.protocols=[zoom,extent]"])
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
