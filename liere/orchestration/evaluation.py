@@ -193,7 +193,8 @@ def evaluate_sizes(
 
 def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> str:
     """The split the extent protocol reads at ``size``: the split itself at the training size, else
-    its ``-extent<S>`` sibling (prepared on first use for an embedded data set). Equal sides only."""
+    its ``-extent<S>`` sibling (prepared on first use for an embedded data set), S in prepared pixels
+    (``size`` x the prepared size / the training size). Equal sides only."""
     import pipelines
     from pipelines.sources import extent_sources
     from pipelines.sources.embedded import extent_split
@@ -209,8 +210,17 @@ def extent_split_for(data: EvalData, train_size: list[int], size: list[int]) -> 
         raise ValueError(
             f"extent protocol: data set {data.dataset!r} does not draw larger canvases ({', '.join(drawing)} do)"
         )
-    split = extent_split(data.split, size[0])
     info = pipelines.dataset_info(data.root, data.dataset)
+    # the canvas in prepared pixels: a set prepared larger than the model's input (digits at 32 for a
+    # 16 px model) is resized by the loader, so the model's 24 px extent is the prepared 48 px canvas
+    native = (info.get("native_size") or train_size)[0]
+    canvas = size[0] * native / train_size[0]
+    if canvas != int(canvas):
+        raise ValueError(
+            f"extent protocol: size {size} is {canvas:g} prepared pixels of {data.dataset} (prepared at "
+            f"{native}, trained at {train_size[0]}): choose a size whose canvas is a whole number of pixels"
+        )
+    split = extent_split(data.split, int(canvas))
     if split not in info["splits"]:  # prepared before the data set drew extent splits: add them
         info = pipelines.ensure_prepared(
             data.dataset, data.root, formats=["ffcv" if data.backend == "ffcv" else "webdataset"]

@@ -144,6 +144,19 @@ def test_every_backend_evaluates_both_protocols(backend, data_root):
     assert torch.equal(labels["base"], labels["zoom"]) and torch.equal(labels["base"], labels["extent"])
 
 
+def test_extent_reads_the_canvas_in_prepared_pixels(data_root):
+    """digits is prepared at 32 px and the digits config trains at 16: its 24 px extent is the
+    prepared 48 px canvas resized by the loader (the digit at 16 px on 24, the training scale)."""
+    digits = EvalData(**{**vars(_view(data_root)), "dataset": "digits"})
+    assert extent_split_for(digits, [16, 16], [24, 24]) == "val-extent48"
+    assert extent_split_for(digits, [16, 16], [32, 32]) == "val-extent64"
+    assert extent_split_for(digits, [32, 32], [48, 48]) == "val-extent48"  # trained at the prepared size
+    with pytest.raises(ValueError, match="no split 'val-extent40'"):
+        extent_split_for(digits, [16, 16], [20, 20])
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        extent_split_for(digits, [24, 24], [25, 25])
+
+
 def test_extent_refuses_what_it_cannot_draw(data_root):
     view = _view(data_root)
     with pytest.raises(ValueError, match="equal sides"):
