@@ -10,7 +10,7 @@ Every set also holds **extent** splits, ``val-extent<S>``: validation sample i o
 larger S-pixel canvas at the training scale. In the compass sets it has the same label, direction
 and distance, drawn from the same random stream: marks and distances keep their pixel sizes, the
 pair is placed anywhere on the canvas, the noise background covers all of it. In `digits` the
-digit, at the training size, lands at a random place (a pure function of its index) on a black
+digit, at the set's own size, lands at a random place (a pure function of its index) on a black
 canvas, the digits' own background. Evaluating there asks whether a model handles more tokens of
 the same kind of scene; resizing ``val`` to S asks about a zoomed scene (the marks and strokes grow
 with it). docs/results.md reports both.
@@ -63,7 +63,7 @@ class _ExtentSplits:
         return ["train", "val", *(extent_split("val", e) for e in self.extent_sizes)]
 
     def _base(self, split: str) -> tuple[str, int]:
-        """``val-extent64`` -> ("val", 64); any other split -> (split, the training size)."""
+        """``val-extent64`` -> ("val", 64); any other split -> (split, the set's own size)."""
         if EXTENT in split:
             base, size = split.split(EXTENT)
             return base, int(size)
@@ -107,7 +107,7 @@ class Digits(_ExtentSplits, Source):
         if self.size != 8:
             img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
         digit = np.asarray(img)
-        if canvas != self.size:  # extent: the digit at its training size, anywhere on a black canvas
+        if canvas != self.size:  # extent: the digit at the set's size, anywhere on a black canvas
             rng = np.random.default_rng([_SPLIT_CODE[base], int(index), canvas])
             r, c = rng.integers(0, canvas - self.size + 1, size=2)
             out = np.zeros((canvas, canvas), np.uint8)
