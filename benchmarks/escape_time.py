@@ -53,17 +53,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "escape_time"
 
 
 def split_arrays(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole embedded split as normalised float32 (N, C, H, W) and int64 labels."""
+    """A whole embedded split as float32 (N, C, *spatial), normalised as the loaders do, and int64 labels."""
     from pipelines.sources import source_class
+    from pipelines.transforms import normalize
 
     src = source_class(cfg.data.dataset)()
     samples = [src.get(split, i) for i in range(src.num_samples(split))]
-    x = torch.from_numpy(np.stack([s.data for s in samples])).float()
+    x = torch.from_numpy(np.stack([s.data for s in samples]))
     if x.dim() == 4 and x.shape[-1] == src.channels:  # images are HWC
         x = x.permute(0, 3, 1, 2)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    mean, std = torch.tensor(src.mean).view(shape), torch.tensor(src.std).view(shape)
-    return (x - mean) / std, torch.tensor([s.label for s in samples], dtype=torch.int64)
+    x = normalize(x, torch.tensor(src.mean), torch.tensor(src.std))  # pixels in [0, 255], stats in [0, 1]
+    return x, torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
 @torch.no_grad()
