@@ -78,7 +78,7 @@ def test_compass3d_label_is_dominant_axis_and_sign():
     for i in range(120):
         s = src.get("train", i)
         vol = s.data[0]
-        d = _centroid(vol == 128) - _centroid(vol == 255)  # (z, y, x)
+        d = _centroid(vol == 0) - _centroid(vol == 255)  # (z, y, x)
         axis = int(np.argmax(np.abs(d)))
         name = ("+" if d[axis] > 0 else "-") + "zyx"[axis]
         assert names[s.label] == name

@@ -44,8 +44,8 @@ def test_compass3d_extent_keeps_voxels_and_labels():
     for i in range(20):
         base, ext = src.get("val", i), src.get("val-extent32", i)
         assert ext.data.shape == (1, 32, 32, 32) and ext.label == base.label
-        d0 = _corner(base.data[0] == 128) - _corner(base.data[0] == 255)
-        d1 = _corner(ext.data[0] == 128) - _corner(ext.data[0] == 255)
+        d0 = _corner(base.data[0] == 0) - _corner(base.data[0] == 255)
+        d1 = _corner(ext.data[0] == 0) - _corner(ext.data[0] == 255)
         assert (ext.data[0] == 255).sum() == (base.data[0] == 255).sum() and np.array_equal(d0, d1)
 
 
