@@ -124,6 +124,8 @@ class _Compass(_ExtentSplits, Source):
 
     needs_src = False
     ndim = 2
+    mark_values: tuple[tuple[int, ...], tuple[int, ...]]  # per channel: the "from" mark, the "to" mark
+    mark_div = 16  # a mark's side is size / mark_div pixels (at least 1)
 
     revision = 1  # 1: the extent splits (data prepared before is prepared again, adding them)
 
@@ -134,7 +136,7 @@ class _Compass(_ExtentSplits, Source):
         self.seed = int(seed)
         self._counts = {"train": int(num_train), "val": int(num_val)}
         self._init_extent(extent_sizes)
-        self.mark = max(1, self.size // 16)
+        self.mark = max(1, self.size // self.mark_div)
         sample = [self.get("train", i).data for i in range(min(64, self._counts["train"]))]
         self.mean, self.std = _stats(sample, self.channels)
 
@@ -167,6 +169,7 @@ class Compass2D(_Compass):
     name = "compass2d"
     kind = "image"
     ndim = 2
+    mark_values = ((255, 40, 40), (40, 255, 40))  # the red (from) and the green (to) mark
 
     def __init__(
         self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0, extent_sizes=None
@@ -188,8 +191,8 @@ class Compass2D(_Compass):
         disp = np.round([-length * np.sin(angle), length * np.cos(angle)]).astype(int)
         a, t = self._place(rng, disp, canvas)
         img = rng.integers(0, 24, size=(canvas, canvas, 3), dtype=np.uint8)  # faint noise background
-        img[a[0] : a[0] + m, a[1] : a[1] + m] = (255, 40, 40)
-        img[t[0] : t[0] + m, t[1] : t[1] + m] = (40, 255, 40)
+        img[a[0] : a[0] + m, a[1] : a[1] + m] = self.mark_values[0]
+        img[t[0] : t[0] + m, t[1] : t[1] + m] = self.mark_values[1]
         return Sample(img, label, f"{self.name} seed={self.seed} {split}#{index}")
 
 
@@ -197,21 +200,28 @@ class Compass2D(_Compass):
 class Compass3D(_Compass):
     """One-channel volumes; label = dominant axis and sign (+x, -x, +y, -y, +z, -z) from bright to dark mark.
 
-    The marks sit on a mid-grey noisy background, one brighter (255) and one darker (0) than it:
-    after normalisation they point in opposite directions, which a linear patch embedding followed
-    by LayerNorm keeps apart. Revision 1 drew a bright (255) and a dim (128) mark on a dark
-    background: the two differ only in magnitude, which LayerNorm removes (their normalised patch
-    tokens had a cosine of 0.96 at initialisation, against 0.53 for compass2d's red and green
-    marks), and no encoding learned the task (docs/results.md).
+    Revision 2 (docs/results.md, "compass3d"), three changes, each measured:
+    - the marks sit on mid-grey noise, one brighter (255) and one darker (0): normalised, they point
+      in opposite directions, which a linear patch embedding followed by LayerNorm keeps apart.
+      Revision 1's bright (255) and dim (128) marks on black differ only in magnitude, which
+      LayerNorm removes: their first-layer tokens had a cosine of 0.976 at initialisation (compass2d's
+      red and green: 0.317; `benchmarks/mark_contrast.py`);
+    - a mark is a cube of side size/8 (2 voxels at 16^3: 8 of a 4^3 patch's 64 voxels, where
+      compass2d's 2 x 2 marks fill 4 of an 8 x 8 patch's 64 pixels), not one voxel: with one voxel
+      RoPE-Mixed stayed at chance for 1488 steps even on 8000 volumes;
+    - 8000 training volumes, not 2000: on 2000 the training loss fell to 1.0 while validation stayed
+      at chance (the noise was memorised).
     """
 
     name = "compass3d"
     kind = "volume"
     ndim = 3
-    revision = 2  # 2: bright and dark marks on mid grey (1: bright and dim on black, plus extent splits)
+    revision = 2  # 2: bright and dark 2-voxel marks on mid grey, 8000 train (1: the extent splits)
+    mark_values = ((255,), (0,))  # the bright (from) and the dark (to) mark
+    mark_div = 8
 
     def __init__(
-        self, size: int = 16, num_train: int = 2000, num_val: int = 500, seed: int = 0, extent_sizes=None
+        self, size: int = 16, num_train: int = 8000, num_val: int = 500, seed: int = 0, extent_sizes=None
     ):
         self.classes = ["+x", "-x", "+y", "-y", "+z", "-z"]
         self.channels = 1
@@ -231,6 +241,6 @@ class Compass3D(_Compass):
         disp = np.round(disp).astype(int)
         a, t = self._place(rng, disp, canvas)
         vol = rng.integers(116, 141, size=(1, canvas, canvas, canvas), dtype=np.uint8)  # mid-grey noise
-        vol[0, a[0] : a[0] + m, a[1] : a[1] + m, a[2] : a[2] + m] = 255
-        vol[0, t[0] : t[0] + m, t[1] : t[1] + m, t[2] : t[2] + m] = 0
+        vol[0, a[0] : a[0] + m, a[1] : a[1] + m, a[2] : a[2] + m] = self.mark_values[0][0]
+        vol[0, t[0] : t[0] + m, t[1] : t[1] + m, t[2] : t[2] + m] = self.mark_values[1][0]
         return Sample(vol, label, f"{self.name} seed={self.seed} {split}#{index}")

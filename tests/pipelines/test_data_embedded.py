@@ -78,6 +78,8 @@ def test_compass3d_label_is_dominant_axis_and_sign():
     for i in range(120):
         s = src.get("train", i)
         vol = s.data[0]
+        background = vol[(vol != 0) & (vol != 255)]
+        assert background.min() >= 116 and background.max() <= 140  # mid grey: one mark above, one below
         d = _centroid(vol == 0) - _centroid(vol == 255)  # (z, y, x)
         axis = int(np.argmax(np.abs(d)))
         name = ("+" if d[axis] > 0 else "-") + "zyx"[axis]

@@ -47,6 +47,7 @@ def test_compass3d_extent_keeps_voxels_and_labels():
         d0 = _corner(base.data[0] == 0) - _corner(base.data[0] == 255)
         d1 = _corner(ext.data[0] == 0) - _corner(ext.data[0] == 255)
         assert (ext.data[0] == 255).sum() == (base.data[0] == 255).sum() and np.array_equal(d0, d1)
+        assert (base.data[0] == 255).sum() == (base.data[0] == 0).sum() == src.mark**3 == 8  # 2^3 voxels
 
 
 def test_digits_extent_keeps_the_digit_whole_on_a_black_canvas():

@@ -1,16 +1,20 @@
-"""The escape-time study trains on what the engine trains on: its arrays are normalised as the loaders do."""
+"""The compass benchmarks: the escape-time study trains on what the engine trains on (inputs normalised as
+the loaders do), and the mark-contrast probe tells marks that differ in direction from marks that
+differ only in brightness."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from escape_time import split_arrays
+from mark_contrast import mark_cosines
 
 from liere.engine.config import load_config
 
@@ -28,3 +32,15 @@ def test_study_inputs_have_the_loaders_scale(config):
     assert per_channel.mean(1).abs().max() < 0.2
     assert ((per_channel.std(1) > 0.5) & (per_channel.std(1) < 2.0)).all()
     assert set(y.tolist()) == set(range(int(y.max()) + 1))
+
+
+def test_marks_of_both_compass_sets_give_distinct_tokens():
+    for config in ("compass2d.yaml", "compass3d.yaml"):
+        cfg = load_config(REPO / "configs" / config, [])
+        assert np.median(mark_cosines(cfg, samples=40, seeds=1)) < 0.8, config
+
+
+def test_a_mark_that_differs_only_in_brightness_gives_the_same_token():
+    """Red at half brightness is nearly parallel to red after normalisation: LayerNorm removes the length."""
+    cfg = load_config(REPO / "configs" / "compass2d.yaml", [])
+    assert np.median(mark_cosines(cfg, samples=40, seeds=1, values="255,40,40;128,20,20")) > 0.9
