@@ -145,8 +145,14 @@ def _read(path: Path) -> list[dict]:
     )
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per arm: runs, share escaped, escape-step quartiles over the escaped runs."""
+def first_step_at(row: dict, top1: float) -> int | None:
+    """The first evaluated step whose validation top-1 reached ``top1`` (None: never)."""
+    return next((step for step, acc, _ in row["curve"] if acc >= top1), None)
+
+
+def summarize(rows: list[dict], leave: float | None = None) -> list[dict]:
+    """Per arm: runs, share escaped, escape-step quartiles over the escaped runs; with ``leave``, each
+    run's first step at that top-1 too (a lower bar than the escape: where the climb began)."""
     arms: dict[str, list[dict]] = {}
     for r in rows:
         arms.setdefault(r["arm"], []).append(r)
@@ -155,23 +161,27 @@ def summarize(rows: list[dict]) -> list[dict]:
         esc = sorted(r["escape_step"] for r in rs if r["escape_step"] is not None)
         q = np.percentile(esc, [25, 50, 75]).tolist() if esc else [math.nan] * 3
         out.append({"arm": arm, "runs": len(rs), "escaped": len(esc), "q25": q[0], "median": q[1], "q75": q[2],
-                    "max": max(esc) if esc else math.nan, "steps": sorted(r["escape_step"] or -1 for r in rs)})  # fmt: skip
+                    "max": max(esc) if esc else math.nan, "steps": sorted(r["escape_step"] or -1 for r in rs),
+                    "left": sorted(first_step_at(r, leave) or -1 for r in rs) if leave is not None else None})  # fmt: skip
     return out
 
 
-def write_report(study: str) -> Path:
+def write_report(study: str, leave: float | None = None) -> Path:
     rows = _read(RESULTS / f"{study}.jsonl")
     if not rows:
         raise SystemExit(f"no results in {RESULTS / (study + '.jsonl')}")
-    summary = summarize(rows)
+    summary = summarize(rows, leave)
     budget = max(r["budget"] for r in rows)
+    extra = f" first step at {leave:.0f}% |" if leave is not None else ""
     lines = [f"# Escape times: {study}", "",
              f"Step at which validation top-1 first reaches {rows[0]['threshold']:.0f}% (budget {budget} steps; "
              "-1: never within it).", "",
-             "| arm | runs | escaped | escape step q25 / median / q75 | max | every run |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| arm | runs | escaped | escape step q25 / median / q75 | max | every run |{extra}",
+             "|---|---|---|---|---|---|" + ("---|" if extra else "")]  # fmt: skip
     for s in summary:
+        left = f" {', '.join(map(str, s['left']))} |" if extra else ""
         lines.append(f"| {s['arm']} | {s['runs']} | {s['escaped']}/{s['runs']} | {s['q25']:.0f} / {s['median']:.0f} / "
-                     f"{s['q75']:.0f} | {s['max']:.0f} | {', '.join(map(str, s['steps']))} |")  # fmt: skip
+                     f"{s['q75']:.0f} | {s['max']:.0f} | {', '.join(map(str, s['steps']))} |{left}")  # fmt: skip
     md = RESULTS / f"{study}.md"
     md.write_text("\n".join(lines) + "\n")
     _plot(summary, budget, RESULTS / f"{study}.png")
@@ -211,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default="compass2d")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only write the report of what is done")
+    p.add_argument("--leave", type=float, help="also report each run's first step at this top-1 (%%)")
     p.add_argument("override", nargs="*", help="extra config overrides for every arm (key=value)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.report:
         run_study(args)
-    write_report(args.study)
+    write_report(args.study, args.leave)
     return 0
 
 
