@@ -4,6 +4,11 @@
     python launch/evaluate.py model.safetensors --dataset compass3d --sizes 16 24 32 --shuffle
     python launch/evaluate.py RUN_DIR --sizes 224 320 384 --split val --batch-size 128 --out eval/
     python launch/evaluate.py runs/compass2d/liere8-s0 --sizes 32 48 64 --protocols zoom extent
+    python launch/evaluate.py runs/compass2d/liere8-s0 --sizes 32 64 --positions rescale
+
+Positions: ``--positions`` evaluates a rotary model with another position scheme than its own (the
+same weights): e.g. ``rescale`` maps any grid onto the training span where LieRE's default
+``proportional`` extends past it at the training spacing; the two agree on the training grid.
 
 Protocols: *zoom* resizes the validation inputs to each size (the same content at more pixels, what
 ImageNet at 384 is); *extent* reads the data set's own larger canvases at the training scale (the
@@ -47,13 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the patch permutations")
     p.add_argument("--out", default=None, help="output folder (default: beside the weights)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument(
+        "--positions", default=None,
+        help="evaluate a rotary model with this position scheme instead of its own, e.g. rescale "
+        "(outputs default to eval_positions-<scheme>/ beside the weights)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     try:
         evaluate_checkpoint(
             args.checkpoint, sizes=args.sizes, shuffle=args.shuffle, dataset=args.dataset,
             root=args.data_root, split=args.split, backend=args.backend, batch_size=args.batch_size,
             workers=args.workers, seed=args.seed, out_dir=args.out, device=args.device,
-            protocols=args.protocols,
+            protocols=args.protocols, positions=args.positions,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, DataError) as err:
         return fail(err)

@@ -111,9 +111,13 @@ def evaluate_checkpoint(
     out_dir: str | Path | None = None,
     device: str | None = None,
     protocols: list[str] | None = None,
+    positions: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate at every size under each protocol (and shuffled, if asked); write eval.json/.md/.png
     and predictions.npz. ``protocols`` default to the run's ``eval.protocols``, else zoom.
+    ``positions``: evaluate a rotary model with another position scheme than it trained with (the
+    same weights; ``liere.encodings.positions.SCHEMES``); its outputs then default to
+    ``eval_positions-<scheme>/`` beside the weights, so the run's own evaluation is kept.
 
     Rows are {"size", "protocol", "shuffled", "top1", "top5", "loss", "count"}. Runs in this one process.
     """
@@ -137,9 +141,11 @@ def evaluate_checkpoint(
         raise ValueError(f"{weights}: no config.yaml beside it; name the data set with --dataset")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = liere.load_model(weights).to(dev).eval()
+    if positions is not None:
+        use_positions(model, positions, weights)
     train_size = list(model.img_size)
     sizes = per_axis_sizes(sizes or [train_size], len(train_size))
-    out = Path(out_dir) if out_dir else weights.parent
+    out = Path(out_dir) if out_dir else weights.parent / (f"eval_positions-{positions}" if positions else "")
     out.mkdir(parents=True, exist_ok=True)
     protocols = list(protocols or (cfg.get("eval", {}).get("protocols") if cfg else None) or ["zoom"])
     rows, preds = evaluate_sizes(model, data, sizes, shuffle=shuffle, device=dev, protocols=protocols)
@@ -148,11 +154,30 @@ def evaluate_checkpoint(
         "dataset": data.dataset,
         "split": data.split,
         "train_size": train_size,
+        "positions": getattr(model.encoding, "position_scheme", None),
         "rows": rows,
         "predictions": str(out / "predictions.npz"),
     }
     write_outputs(result, preds, out, title=f"{weights.parent.name} on {data.dataset}/{data.split}")
     return result
+
+
+def use_positions(model, positions: str, weights: Path) -> None:
+    """Evaluate a rotary model with another position scheme (the same weights; the scheme is only read
+    when positions are computed, and the encoding caches nothing before the first evaluation)."""
+    from liere.encodings.positions import SCHEMES
+
+    if positions not in SCHEMES:
+        raise ValueError(
+            f"positions {positions!r}: not a position scheme; expected one of {', '.join(SCHEMES)}"
+        )
+    encoding = model.encoding
+    if not getattr(encoding, "is_rotary", False):
+        raise ValueError(
+            f"positions {positions!r}: {weights} holds {type(encoding).__name__}, which has no position scheme"
+        )
+    encoding.position_scheme = positions
+    encoding._cache = {}
 
 
 def evaluate_sizes(

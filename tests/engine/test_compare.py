@@ -92,6 +92,28 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
     assert all(r["count"] == 360 for r in rows)
     assert "Patches shuffled at 16x16" in (out / "eval.md").read_text()
 
+    # another position scheme, the same weights: rescale equals LieRE's proportional on the training
+    # grid and departs from it beyond; a scheme that does not exist, or an encoding without one, is named
+    ev = subprocess.run([sys.executable, str(EVALUATE), str(sweep / "liere64-s0"), "--sizes", "16", "32", "--positions", "rescale"],
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    moved = json.loads((sweep / "liere64-s0" / "eval_positions-rescale" / "eval.json").read_text())
+    assert (
+        moved["positions"] == "rescale"
+        and json.loads((out / "eval.json").read_text())["positions"] == "proportional"
+    )
+    assert moved["rows"][0]["top1"] == rows[0]["top1"] and moved["rows"][0]["loss"] == pytest.approx(
+        rows[0]["loss"]
+    )
+    assert moved["rows"][1]["loss"] != pytest.approx(rows[2]["loss"])
+    for run, scheme, named in [
+        ("liere64-s0", "sideways", "not a position scheme"),
+        ("ape-s0", "rescale", "no position scheme"),
+    ]:
+        bad = subprocess.run([sys.executable, str(EVALUATE), str(sweep / run), "--positions", scheme],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert bad.returncode != 0 and named in bad.stderr and scheme in bad.stderr, bad.stderr[-2000:]
+
 
 def test_bad_sweeps_fail_before_anything_runs(tmp_path, digits_root):
     proc = compare(tmp_path, digits_root, "--variant", "broken:model.encoding=nope")
