@@ -205,6 +205,21 @@ def test_eval_mode_cache_is_reused_and_invalidated_by_updates():
         assert enc.prepare((4, 4), 1) is not enc.prepare((4, 4), 1), "no cache in training mode"
 
 
+def test_setting_a_position_scheme_drops_rotations_cached_for_the_old_one():
+    enc = make("liere", block_size=4).eval()
+    fresh = make("liere", block_size=4, positions="rescale").eval()
+    fresh.load_state_dict(enc.state_dict())
+    x = torch.randn(2, 37, 2, 16)  # (B, T, H, d) on a 6 x 6 grid and a class token
+    with torch.no_grad():
+        before = enc.prepare((6, 6), 1).apply(x, 0)
+        enc.position_scheme = "rescale"  # what `launch/evaluate.py --positions rescale` does
+        after = enc.prepare((6, 6), 1).apply(x, 0)
+        assert torch.allclose(after, fresh.prepare((6, 6), 1).apply(x, 0), atol=1e-6)
+    assert not torch.allclose(before, after, atol=1e-3)
+    with pytest.raises(ValueError, match=r"'grid'.*expected one of"):
+        enc.position_scheme = "grid"
+
+
 def test_rotations_are_computed_in_fp32_under_autocast_then_cast():
     enc = make("liere", block_size=8)
     full = enc.prepare((4, 4))

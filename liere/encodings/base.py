@@ -192,8 +192,6 @@ class RotaryEncoding(PositionEncoding):
                 f"reference_grid {self.reference_grid} does not have num_axes={self.num_axes} axes"
             )
         self.position_scheme = positions or self.default_scheme
-        if self.position_scheme not in SCHEMES:
-            raise ValueError(f"unknown position scheme {self.position_scheme!r}; expected one of {SCHEMES}")
         amounts = parse_augment(augment)
         # training-only coordinate augmentation (liere.encodings.augment); None when off
         self.augment = None if amounts is None else PositionAugment(amounts)
@@ -217,6 +215,19 @@ class RotaryEncoding(PositionEncoding):
         return 3 * self.head_dim
 
     # -- shared machinery --------------------------------------------------------------------
+    @property
+    def position_scheme(self) -> str:
+        """How token indices become positions (liere.encodings.positions.SCHEMES)."""
+        return self._position_scheme
+
+    @position_scheme.setter
+    def position_scheme(self, scheme: str) -> None:
+        """Another scheme for the same weights (e.g. evaluation at a larger grid): cached rotations go."""
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown position scheme {scheme!r}; expected one of {SCHEMES}")
+        self._position_scheme = scheme
+        self._cache = {}
+
     def positions(self, grid_shape: Sequence[int], device: torch.device | None = None) -> Tensor:
         """Positions of a grid's tokens under this encoding's scheme: (N, num_axes)."""
         if len(grid_shape) != self.num_axes:

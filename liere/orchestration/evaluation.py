@@ -163,8 +163,8 @@ def evaluate_checkpoint(
 
 
 def use_positions(model, positions: str, weights: Path) -> None:
-    """Evaluate a rotary model with another position scheme (the same weights; the scheme is only read
-    when positions are computed, and the encoding caches nothing before the first evaluation)."""
+    """Evaluate a rotary model with another position scheme (the same weights; setting the scheme
+    drops the rotations the encoding cached for the old one)."""
     from liere.encodings.positions import SCHEMES
 
     if positions not in SCHEMES:
@@ -177,7 +177,6 @@ def use_positions(model, positions: str, weights: Path) -> None:
             f"positions {positions!r}: {weights} holds {type(encoding).__name__}, which has no position scheme"
         )
     encoding.position_scheme = positions
-    encoding._cache = {}
 
 
 def evaluate_sizes(
