@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from escape_time import split_arrays
 from mark_contrast import mark_cosines
+from plateau_exit import first_exit
 
 from liere.engine.config import load_config
 
@@ -44,3 +45,13 @@ def test_a_mark_that_differs_only_in_brightness_gives_the_same_token():
     """Red at half brightness is nearly parallel to red after normalisation: LayerNorm removes the length."""
     cfg = load_config(REPO / "configs" / "compass2d.yaml", [])
     assert np.median(mark_cosines(cfg, samples=40, seeds=1, values="255,40,40;128,20,20")) > 0.9
+
+
+def test_plateau_exit_ignores_a_dip_that_does_not_hold():
+    chance = float(np.log(6))
+    history = [(50 * i, chance) for i in range(1, 11)]
+    history[2] = (150, 0.5 * chance)  # one noisy batch below the level: not an exit
+    history[6:] = [(50 * i, 0.6 * chance) for i in range(7, 11)]  # from step 350 on, it holds
+    assert first_exit(history, 0.9 * chance, hold=3) == 350
+    assert first_exit(history, 0.9 * chance, hold=1) == 150
+    assert first_exit(history[:8], 0.9 * chance, hold=3) is None, "two points are not three"
