@@ -202,7 +202,7 @@ def _main_table(stats: dict[str, Any]) -> list[str]:
         delta = a.get("delta_vs_reference")
         step = a.get("step_time_s")
         lines.append(
-            f"| {a['label']} | {_pct(a['top1_mean'])} ± {_pct(a['top1_std'])} | {_ci_text(a.get('top1_ci95'))} | "
+            f"| {a['label']} | {_spread(a['evals'][train])} | {_ci_text(a.get('top1_ci95'))} | "
             f"{'-' if delta is None else f'{100 * delta:+.1f}'} | {_signed_ci(a.get('delta_ci95'))} | {_pct(shuffled)} | "
             f"{_num(a.get('params'), 1e-6, '.3f')} | {_num(a.get('gflops'), 1, '.4f')} | "
             f"{_ms(step)} | "
@@ -250,12 +250,16 @@ def _seed_table(stats: dict[str, Any], keys: list[str]) -> list[str]:
     for a in stats["arms"]:
         if a["top1_mean"] is None:
             continue
-        cells = [
-            f"{_pct(a['evals'][k]['mean'])} ± {_pct(a['evals'][k]['std'])}" if k in a["evals"] else "-"
-            for k in keys
-        ]
+        cells = [_spread(a["evals"][k]) if k in a["evals"] else "-" for k in keys]
         lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _spread(accuracy: dict[str, Any]) -> str:
+    """Mean ± std over seeds; with one seed its value, marked so (there is no spread to show)."""
+    if len(accuracy["seeds"]) > 1:
+        return f"{_pct(accuracy['mean'])} ± {_pct(accuracy['std'])}"
+    return f"{_pct(accuracy['mean'])} (1 seed)"
 
 
 def _sparsity_table(arms: list[dict[str, Any]]) -> list[str]:

@@ -99,6 +99,7 @@ def test_the_report_compares_arms_from_their_predictions(tmp_path):
         _fake_run(tmp_path, "ape", 1, rng.random(200) < 0.6),
         _fake_run(tmp_path, "liere8", 1, rng.random(200) < 0.8),
         Run("string", 0, [], tmp_path / "string-s0", error="exit status 1"),
+        _fake_run(tmp_path, "rope_mixed", 0, np.arange(200) < 150),
     ]
     cfg = OmegaConf.create({
         "config_path": str(tmp_path / "compass2d.yaml"), "model": {"name": "vit_nano_patch4"},
@@ -112,14 +113,18 @@ def test_the_report_compares_arms_from_their_predictions(tmp_path):
     assert stats["reference"] == "ape" and stats["train_size"] == "16x16"
     assert arms["string"]["top1_mean"] is None and arms["string"]["finished"] == 0
     assert arms["liere8"]["top1_mean"] == pytest.approx(
-        np.mean([r.eval["rows"][0]["top1"] for r in runs[1::2]])
+        np.mean([r.eval["rows"][0]["top1"] for r in runs[1:4:2]])
     )
     lo, hi = arms["liere8"]["delta_ci95"]
     assert lo <= arms["liere8"]["delta_vs_reference"] <= hi and "delta_ci95" not in arms["ape"]
     assert arms["liere8"]["step_time_s"] == pytest.approx(0.04)
     assert json.loads((tmp_path / "report.json").read_text())["wall_s"] == 90
     text = (tmp_path / "report.md").read_text()
-    assert text.startswith("# compass2d: ape, liere8, string\n\n`python launch/compare.py x`")
+    assert text.startswith("# compass2d: ape, liere8, string, rope_mixed\n\n`python launch/compare.py x`")
+    assert "| rope_mixed | 75.0 (1 seed) |" in text, "one seed has no spread over seeds to show"
+    assert "| rope_mixed | 75.0 (1 seed) | 65.0 (1 seed) |" in text  # the resolution table, likewise
+    liere8_row = next(line for line in text.splitlines() if line.startswith("| liere8 |"))
+    assert " ± " in liere8_row
     assert (
         "| string | no finished run |" in text and "| string-s0 | - | - | - | - | - | exit status 1 |" in text
     )
