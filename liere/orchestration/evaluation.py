@@ -129,13 +129,9 @@ def evaluate_checkpoint(
 
     weights, config = resolve_weights(checkpoint)
     cfg = OmegaConf.load(config) if config else None
-    data = EvalData(
-        dataset=dataset or (cfg.data.dataset if cfg else None),
-        root=root or (cfg.data.root if cfg else "data"),
-        split=split or (cfg.data.val_split if cfg else "val"),
-        backend=backend or (cfg.data.backend if cfg else "webdataset"),
+    data = _eval_data(
+        cfg, dataset=dataset, root=root, split=split, backend=backend,
         batch_size=batch_size, workers=workers, seed=seed,
-        crop_ratio=cfg.data.get("eval_crop_ratio") if cfg else None,
     )  # fmt: skip
     if data.dataset is None:
         raise ValueError(f"{weights}: no config.yaml beside it; name the data set with --dataset")
@@ -160,6 +156,18 @@ def evaluate_checkpoint(
     }
     write_outputs(result, preds, out, title=f"{weights.parent.name} on {data.dataset}/{data.split}")
     return result
+
+
+def _eval_data(cfg, *, dataset, root, split, backend, batch_size: int, workers: int, seed: int) -> EvalData:
+    """What to evaluate on: each argument given, else the run's config, else the defaults."""
+    return EvalData(
+        dataset=dataset or (cfg.data.dataset if cfg else None),
+        root=root or (cfg.data.root if cfg else "data"),
+        split=split or (cfg.data.val_split if cfg else "val"),
+        backend=backend or (cfg.data.backend if cfg else "webdataset"),
+        batch_size=batch_size, workers=workers, seed=seed,
+        crop_ratio=cfg.data.get("eval_crop_ratio") if cfg else None,
+    )  # fmt: skip
 
 
 def use_positions(model, positions: str, weights: Path) -> None:
