@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _mlflow_store import sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def job_env(tmp_path: Path) -> dict[str, str]:
     drop = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SBATCH_")}
     env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "mlflow.db"),
         MLFLOW_DISABLE_TELEMETRY="true",
         DS_ACCELERATOR="cpu",
         OMP_NUM_THREADS="1",

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _mlflow_store import sqlite_store
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "launch" / "train.py"
 DEMO = REPO / "configs" / "demo.yaml"
@@ -30,9 +32,9 @@ def train_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     }
-    env.update(
-        OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"
-    )
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    if "MLFLOW_TRACKING_URI" not in extra:
+        env["MLFLOW_TRACKING_URI"] = sqlite_store(tmp_path / "mlflow.db")
     env.update(extra)
     return env
 
