@@ -108,7 +108,17 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[train,data]"
 	touch $@
 
-demo: $(VENV)/.demo
+# DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm) at the first deepspeed.initialize on
+# a CPU machine: 1-2 min on 2 cores, into $$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
+# Done here, once, after DeepSpeed is installed (by .demo or .test, listed before it), so that neither
+# the first training run nor the first test waits for a compiler. GPU machines do not build it.
+$(VENV)/.cpu_ops:
+ifneq ($(HAS_GPU),1)
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+endif
+	touch $@
+
+demo: $(VENV)/.demo $(VENV)/.cpu_ops
 	OMP_NUM_THREADS=$(if $(HAS_GPU),4,1) $(BIN)/torchrun --standalone --nproc_per_node $(NPROC) \
 		launch/train.py configs/demo.yaml tracking.run_name=demo-$$(date +%Y%m%d-%H%M%S)
 	@echo "every run of this checkout: make ui, then http://127.0.0.1:$(UI_PORT)/#/?workflowType=machine_learning"
@@ -117,9 +127,9 @@ ui: $(VENV)/.demo
 	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT) for $(MLFLOW_TRACKING_URI) (Ctrl-C stops it)"
 	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
-install: $(VENV)/.test
+install: $(VENV)/.test $(VENV)/.cpu_ops
 
-test: $(VENV)/.test $(VENV)/.slurm
+test: $(VENV)/.test $(VENV)/.slurm $(VENV)/.cpu_ops
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -54,3 +54,12 @@ def test_a_driver_too_old_for_the_torch_build_stops_the_install_saying_so(tmp_pa
     choices = _make(tmp_path, "11.8", "gpu-choices")
     assert choices.returncode != 0
     assert "needs a driver for CUDA 12 or newer" in choices.stderr
+
+
+@pytest.mark.parametrize(("cuda", "builds"), [(None, True), ("13.0", False)])
+def test_the_install_compiles_deepspeeds_cpu_op_once_and_only_on_cpu_machines(tmp_path, cuda, builds):
+    venv = tmp_path / "venv"
+    plan = _make(tmp_path, cuda, "-n", f"VENV={venv}", "test", "demo")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.count("build_shm_op()") == (1 if builds else 0), plan.stdout
+    assert f"touch {venv}/.cpu_ops" in plan.stdout
