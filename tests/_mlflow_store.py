@@ -28,8 +28,13 @@ def _template() -> Path:
     return db
 
 
-def sqlite_store(db: Path) -> str:
-    """The tracking URI of a SQLite store at `db`: an empty, migrated store unless `db` already exists."""
+def sqlite_store(db: Path, default_artifacts: str | None = None) -> str:
+    """The tracking URI of a SQLite store at `db`: an empty, migrated store unless `db` already exists.
+
+    `default_artifacts`: the Default experiment's artifact location, as the process that would have
+    made the store sets it (``mlflow server --artifacts-destination``: ``mlflow-artifacts:/0``);
+    by default ``mlruns/0`` beside `db`, as a client in that folder sets it.
+    """
     db = Path(db)
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +42,7 @@ def sqlite_store(db: Path) -> str:
         with sqlite3.connect(db) as con:
             con.execute(
                 "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                (str(db.parent / "mlruns" / "0"),),
+                (default_artifacts or str(db.parent / "mlruns" / "0"),),
             )
         con.close()
     return f"sqlite:///{db}"

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _mlflow_store import sqlite_store
 
 from ._train import run_train, summary, train_env
 
@@ -61,10 +62,11 @@ class MlflowServer:
     def __init__(self, root: Path) -> None:
         self.root, self.port, self.proc = Path(root), _free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.store = sqlite_store(self.root / "server.db", default_artifacts="mlflow-artifacts:/0")
 
     def start(self) -> str:
         cmd = [
-            mlflow_command(), "server", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+            mlflow_command(), "server", "--backend-store-uri", self.store,
             "--artifacts-destination", str(self.root / "art"), "--host", "127.0.0.1",
             "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
