@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -21,6 +22,17 @@ TINY = [o for o in FAST if not o.startswith(("train.max_steps", "eval.sizes"))] 
 ]
 
 
+def evaluate_cli(capsys, *argv: str) -> tuple[int, str]:
+    """launch/evaluate.py's main() in this process (exit status, stderr): the command's own code path,
+    without a new interpreter importing torch for each call."""
+    spec = importlib.util.spec_from_file_location("evaluate_cli", EVALUATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = module.main(list(argv))
+    return code, capsys.readouterr().err
+
+
 def compare(tmp_path, digits_root, *extra, timeout=600):
     cmd = [
         sys.executable, str(COMPARE), str(DEMO), "--encodings", "ape,liere64", "--seeds", "2",
@@ -32,7 +44,7 @@ def compare(tmp_path, digits_root, *extra, timeout=600):
     )
 
 
-def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_root):
+def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_root, capsys):
     from mlflow.tracking import MlflowClient
 
     proc = compare(tmp_path, digits_root)
@@ -80,11 +92,10 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
 
     # evaluate.py on one run: resolutions, shuffling, its own output folder
     out = tmp_path / "eval"
-    ev = subprocess.run(
-        [sys.executable, str(EVALUATE), str(sweep / "liere64-s0"), "--sizes", "16", "32", "--shuffle", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert ev.returncode == 0, ev.stderr[-3000:]
+    code, err = evaluate_cli(
+        capsys, str(sweep / "liere64-s0"), "--sizes", "16", "32", "--shuffle", "--out", str(out)
+    )
+    assert code == 0, err[-3000:]
     rows = json.loads((out / "eval.json").read_text())["rows"]
     assert [(r["size"], r["shuffled"]) for r in rows] == [
         ([16, 16], False), ([16, 16], True), ([32, 32], False), ([32, 32], True),
@@ -94,9 +105,10 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
 
     # another position scheme, the same weights: rescale equals LieRE's proportional on the training
     # grid and departs from it beyond; a scheme that does not exist, or an encoding without one, is named
-    ev = subprocess.run([sys.executable, str(EVALUATE), str(sweep / "liere64-s0"), "--sizes", "16", "32", "--positions", "rescale"],
-                        capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert ev.returncode == 0, ev.stderr[-3000:]
+    code, err = evaluate_cli(
+        capsys, str(sweep / "liere64-s0"), "--sizes", "16", "32", "--positions", "rescale"
+    )
+    assert code == 0, err[-3000:]
     moved = json.loads((sweep / "liere64-s0" / "eval_positions-rescale" / "eval.json").read_text())
     assert (
         moved["positions"] == "rescale"
@@ -110,18 +122,14 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
         ("liere64-s0", "sideways", "not a position scheme"),
         ("ape-s0", "rescale", "no position scheme"),
     ]:
-        bad = subprocess.run([sys.executable, str(EVALUATE), str(sweep / run), "--positions", scheme],
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert bad.returncode != 0 and named in bad.stderr and scheme in bad.stderr, bad.stderr[-2000:]
+        code, err = evaluate_cli(capsys, str(sweep / run), "--positions", scheme)
+        assert code != 0 and named in err and scheme in err, err[-2000:]
 
 
-def test_bad_sweeps_fail_before_anything_runs(tmp_path, digits_root):
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, digits_root, capsys):
     proc = compare(tmp_path, digits_root, "--variant", "broken:model.encoding=nope")
     assert proc.returncode == 2 and "nope" in proc.stderr and not (tmp_path / "sweep").exists()
     proc = compare(tmp_path, digits_root, "--variant", "no-overrides")
     assert proc.returncode == 2 and "LABEL:KEY=VALUE" in proc.stderr
-    missing = subprocess.run(
-        [sys.executable, str(EVALUATE), str(tmp_path / "nowhere"), "--sizes", "16"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    code, err = evaluate_cli(capsys, str(tmp_path / "nowhere"), "--sizes", "16")
+    assert code == 2 and "checkpoint not found" in err
