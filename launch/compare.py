@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from liere.orchestration.cli import command_parser
+from liere.orchestration.cli import command_parser, exit_without_teardown
 from liere.orchestration.sweep import SweepSpec, run_sweep
 
 
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from liere.orchestration.cli import command_parser, fail
+from liere.orchestration.cli import command_parser, exit_without_teardown, fail
 from liere.orchestration.evaluation import evaluate_checkpoint, parse_size
 from pipelines import BACKENDS, DataError
 
@@ -71,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -52,4 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from liere.orchestration.cli import exit_without_teardown
+
+    exit_without_teardown(code)

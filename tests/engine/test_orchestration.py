@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +183,28 @@ def test_slurm_flags_time_limits_and_the_rank_launcher_pickle():
 def test_command_lines_take_their_help_from_the_docstring():
     p = command_parser("Do one thing.\n\n    python launch/x.py\n")
     assert p.description == "Do one thing." and "python launch/x.py" in p.epilog and not p.allow_abbrev
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_exit_without_teardown_keeps_the_status_runs_atexit_and_waits_for_a_working_thread(tmp_path, worker):
+    """The launch/ scripts end through it; a non-daemon thread still writing makes it a plain exit."""
+    script = (
+        "import atexit, pathlib, threading, time\n"
+        "from liere.orchestration.cli import exit_without_teardown\n"
+        f"out = pathlib.Path({str(tmp_path)!r})\n"
+        "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+        f"if {worker}:\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), (out / 'thread').write_text('done'))).start()\n"
+        "print('before', flush=False)\n"
+        "exit_without_teardown(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3 and proc.stdout == "before\n", proc.stderr[-2000:]
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == worker
