@@ -281,7 +281,10 @@ class Sweep:
         wanted = [[s] if isinstance(s, int) else s for s in sizes] if sizes else None
         for run in self.runs:
             if not run.finished:
-                run.error = run.error or "no summary.json: the run did not finish"
+                if (
+                    not self.spec.report_only
+                ):  # --report-only trains nothing: a run not done is not its failure
+                    run.error = run.error or "no summary.json: the run did not finish"
                 continue
             run.summary = json.loads((run.out_dir / "summary.json").read_text())
             cached = run.out_dir / "compare_eval" / "eval.json"
@@ -348,6 +351,10 @@ def run_sweep(spec: SweepSpec, command: str) -> int:
     failed = [r for r in runs if r.error]
     parent.finish(report, files, ok=not failed)
     print(f"\nreport: {out / 'report.md'}", flush=True)
+    if spec.report_only and (waiting := [r.name for r in runs if not r.finished]):
+        print(
+            f"not finished, so not in the report: {', '.join(waiting)} (the command without --report-only trains them)"
+        )
     if failed:
         print("failed runs: " + ", ".join(f"{r.name} ({r.error})" for r in failed), file=sys.stderr)
         return 1

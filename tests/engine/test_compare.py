@@ -22,23 +22,32 @@ TINY = [o for o in FAST if not o.startswith(("train.max_steps", "eval.sizes"))] 
 ]
 
 
-def evaluate_cli(capsys, *argv: str) -> tuple[int, str]:
-    """launch/evaluate.py's main() in this process (exit status, stderr): the command's own code path,
-    without a new interpreter importing torch for each call."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", EVALUATE)
+def in_process(capsys, script, *argv: str) -> tuple[int, str, str]:
+    """A launch/ script's main() in this process (exit status, stdout, stderr): the command's own code
+    path, without a new interpreter importing torch for each call."""
+    spec = importlib.util.spec_from_file_location(f"cli_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     capsys.readouterr()
     code = module.main(list(argv))
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def evaluate_cli(capsys, *argv: str) -> tuple[int, str]:
+    code, _, err = in_process(capsys, EVALUATE, *argv)
+    return code, err
+
+
+def compare_args(tmp_path, digits_root, *extra, seeds: int = 2) -> list[str]:
+    return [
+        str(DEMO), "--encodings", "ape,liere64", "--seeds", str(seeds), "--sizes", "16", "24",
+        "--out", str(tmp_path / "sweep"), "--bootstrap", "300", f"data.root={digits_root}", *TINY, *extra,
+    ]  # fmt: skip
 
 
 def compare(tmp_path, digits_root, *extra, timeout=600):
-    cmd = [
-        sys.executable, str(COMPARE), str(DEMO), "--encodings", "ape,liere64", "--seeds", "2",
-        "--sizes", "16", "24", "--out", str(tmp_path / "sweep"), "--bootstrap", "300",
-        f"data.root={digits_root}", *TINY, *extra,
-    ]  # fmt: skip
+    cmd = [sys.executable, str(COMPARE), *compare_args(tmp_path, digits_root, *extra)]
     return subprocess.run(
         cmd, cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=timeout
     )
@@ -89,6 +98,19 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished earlier, kept") == 4
     assert json.loads((sweep / "sweep.json").read_text())["parent_run_id"] == parent_id
+
+    # --report-only over a sweep with runs not yet trained: the finished ones are reported, exit 0,
+    # the parent run FINISHED, and the runs still to train are named
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        code, out, err = in_process(
+            capsys, COMPARE, *compare_args(tmp_path, digits_root, "--report-only", seeds=3)
+        )
+    assert code == 0, err[-3000:]
+    assert "not finished, so not in the report: ape-s2, liere64-s2" in out
+    partial = json.loads((sweep / "report.json").read_text())
+    assert [a["finished"] for a in partial["arms"]] == [2, 2]
+    assert client.get_run(parent_id).info.status == "FINISHED" and not (sweep / "ape-s2").exists()
 
     # evaluate.py on one run: resolutions, shuffling, its own output folder
     out = tmp_path / "eval"
