@@ -13,10 +13,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from commutators import commutator_stats
 from escape_time import split_arrays
 from mark_contrast import mark_cosines
 from plateau_exit import first_exit
 
+from liere import encodings
 from liere.engine.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,3 +57,19 @@ def test_plateau_exit_ignores_a_dip_that_does_not_hold():
     assert first_exit(history, 0.9 * chance, hold=3) == 350
     assert first_exit(history, 0.9 * chance, hold=1) == 150
     assert first_exit(history[:8], 0.9 * chance, hold=3) is None, "two points are not three"
+
+
+@pytest.mark.parametrize("block_size", [2, 8, 64])
+def test_commutators_are_zero_for_plane_rotations_and_near_sqrt_2_over_g_for_random_blocks(block_size):
+    """2 x 2 skew blocks always commute (LieRE_2 is RoPE-Mixed); random g x g ones do not."""
+    torch.manual_seed(0)
+    enc = encodings.build(
+        "liere", head_dim=64, num_heads=2, depth=3, num_axes=3, grid_shape=[4, 4, 4],
+        generator_init="small", block_size=block_size,
+    )  # fmt: skip
+    stats = commutator_stats(enc)
+    if block_size == 2:
+        assert stats["commutator"] < 1e-12
+    else:
+        assert stats["commutator"] == pytest.approx((2 / block_size) ** 0.5, rel=0.15)
+    assert stats["norm"] > 0
