@@ -281,9 +281,8 @@ class Sweep:
         wanted = [[s] if isinstance(s, int) else s for s in sizes] if sizes else None
         for run in self.runs:
             if not run.finished:
-                if (
-                    not self.spec.report_only
-                ):  # --report-only trains nothing: a run not done is not its failure
+                # --report-only trains nothing: a run not done yet is not its failure
+                if not self.spec.report_only:
                     run.error = run.error or "no summary.json: the run did not finish"
                 continue
             run.summary = json.loads((run.out_dir / "summary.json").read_text())
@@ -352,9 +351,8 @@ def run_sweep(spec: SweepSpec, command: str) -> int:
     parent.finish(report, files, ok=not failed)
     print(f"\nreport: {out / 'report.md'}", flush=True)
     if spec.report_only and (waiting := [r.name for r in runs if not r.finished]):
-        print(
-            f"not finished, so not in the report: {', '.join(waiting)} (the command without --report-only trains them)"
-        )
+        left = ", ".join(waiting)
+        print(f"not finished, so not in the report: {left} (the command without --report-only trains them)")
     if failed:
         print("failed runs: " + ", ".join(f"{r.name} ({r.error})" for r in failed), file=sys.stderr)
         return 1
