@@ -9,8 +9,7 @@ run (a run folder, or every run of a sweep folder) this prints, over layers, hea
 mean relative commutator ||[A_i, A_j]||_F / (||A_i||_F ||A_j||_F) over axis pairs (0: commuting;
 about sqrt(2 / g) for independent Gaussian g x g blocks, the ``init: small`` draw), the mean
 generator norm ||A_i||_F, the same two for a fresh model of the run's spec (the init), and the
-run's top-1 at the training size. Runs of other
-encodings are skipped.
+run's top-1 at the training size. Runs of other encodings are skipped.
 """
 
 from __future__ import annotations
@@ -34,23 +33,24 @@ from plateau_exit import run_dirs
 
 
 def commutator_stats(encoding: LieRE) -> dict[str, float]:
-    """Mean relative commutator over axis pairs and mean Frobenius norm of the generators."""
+    """Mean relative commutator over axis pairs, mean Frobenius norm, and the number of axes."""
     a = encoding.generator_matrices().detach().double()  # (axes, L, H, blocks, g, g)
     norms = a.flatten(-2).norm(dim=-1)
     ratios = [
         ((a[i] @ a[j] - a[j] @ a[i]).flatten(-2).norm(dim=-1) / (norms[i] * norms[j])).mean()
         for i, j in itertools.combinations(range(a.shape[0]), 2)
     ]
-    return {"commutator": float(torch.stack(ratios).mean()), "norm": float(norms.mean())}
+    return {"commutator": float(torch.stack(ratios).mean()), "norm": float(norms.mean()), "axes": a.shape[0]}
 
 
-def measure(run: Path, seed: int = 0) -> dict | None:
+def measure(run: Path) -> dict | None:
+    """The row of one run with exported weights; None for a run of another encoding."""
     weights = run / "model.safetensors"
     spec = read_spec(weights)
     trained = liere.load_model(weights)
     if not isinstance(trained.encoding, LieRE):
         return None
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     fresh = liere.create_model(spec["name"], **spec["kwargs"])
     summary = json.loads((run / "summary.json").read_text())
     top1 = summary["sweep"][0]["top1"] if summary.get("sweep") else None
@@ -58,7 +58,7 @@ def measure(run: Path, seed: int = 0) -> dict | None:
     return {
         "run": run.name,
         "encoding": spec["kwargs"].get("encoding"),
-        "axes": trained.encoding.generator_matrices().shape[0],
+        "axes": learned["axes"],
         "top1": top1,
         "commutator_init": init["commutator"],
         "commutator_trained": learned["commutator"],
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders")
     p.add_argument("--json", type=Path, default=None, help="save the rows here")
     args = p.parse_args(argv)
-    rows = [r for run in run_dirs(args.paths) if (run / "model.safetensors").is_file() if (r := measure(run))]
+    with_weights = [run for run in run_dirs(args.paths) if (run / "model.safetensors").is_file()]
+    rows = [row for row in map(measure, with_weights) if row is not None]
     if not rows:
         print("no LieRE run with exported weights in " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 1
