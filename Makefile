@@ -25,6 +25,10 @@ else
 TORCH_PIP_ARGS ?=
 endif
 PYTEST_ARGS ?=
+# workers for the unit tests: one per core, at most 8 (on one core: none, the tests run in-process)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n > 8 ? 8 : n > 1 ? n : 0 )))
+# one pytest pass; exit status 5 (no test selected) counts as passed
+pytest_pass = $(BIN)/python -m pytest $(1) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c GPU)
 # the demo's ranks: 2 (on a GPU machine, at most one per GPU)
 NPROC ?= $(if $(HAS_GPU),$(shell echo $$(( $(GPUS) < 2 ? $(GPUS) : 2 ))),2)
@@ -129,13 +133,18 @@ ui: $(VENV)/.demo
 
 install: $(VENV)/.test $(VENV)/.cpu_ops
 
+# The suite in two passes. The unit tests (not marked slow: no services, no deadlines) run on
+# TEST_WORKERS pytest-xdist workers, one torch thread each (tests/conftest.py); the slow ones (trainings
+# of several ranks, the Slurm cluster, MLflow servers, timed faults) then run one at a time, as each
+# expects the cores to itself. A pass that selects nothing (PYTEST_ARGS naming one file) is not a failure.
 test: $(VENV)/.test $(VENV)/.slurm $(VENV)/.cpu_ops
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(call pytest_pass,-m "not slow" -n $(TEST_WORKERS))
+	$(call pytest_pass,-m slow)
 
 test-fast: $(VENV)/.test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

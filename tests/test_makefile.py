@@ -63,3 +63,25 @@ def test_the_install_compiles_deepspeeds_cpu_op_once_and_only_on_cpu_machines(tm
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.count("build_shm_op()") == (1 if builds else 0), plan.stdout
     assert f"touch {venv}/.cpu_ops" in plan.stdout
+
+
+def test_the_unit_tests_run_on_workers_and_the_slow_ones_after_them_one_at_a_time(tmp_path):
+    plan = _make(tmp_path, None, "-n", "test", "TEST_WORKERS=3", "PYTEST_ARGS=--durations=5")
+    assert plan.returncode == 0, plan.stderr
+    passes = [line for line in plan.stdout.splitlines() if "-m pytest" in line]
+    assert len(passes) == 2, plan.stdout
+    assert '-m "not slow" -n 3 --durations=5' in passes[0]
+    assert "-m slow --durations=5" in passes[1] and " -n " not in passes[1]
+
+
+def test_a_pass_that_selects_no_test_is_not_a_failure_but_a_failing_test_is(tmp_path):
+    # the real target (its set-up taken as done: -o) on one file of unit tests, where the slow pass
+    # selects nothing (pytest's exit status 5)
+    target = ["-o", ".venv/.test", "-o", ".venv/.slurm", "-o", ".venv/.cpu_ops", "test", "TEST_WORKERS=0"]
+    ok = _make(tmp_path, None, *target, "PYTEST_ARGS=tests/test_positions.py -q")
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "no tests ran" in ok.stdout or "deselected" in ok.stdout
+    broken = tmp_path / "test_broken.py"
+    broken.write_text("def test_fails():\n    assert False\n")
+    bad = _make(tmp_path, None, *target, f"PYTEST_ARGS={broken} -q -p no:cacheprovider")
+    assert bad.returncode != 0 and "1 failed" in bad.stdout

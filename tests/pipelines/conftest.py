@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
 
 import pytest
 
@@ -27,6 +29,21 @@ def data_root(tmp_path_factory):
     for name, kw in sizes.items():
         prepare(name, root, formats=formats, progress=False, **kw)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _ffcv_threads_finished():
+    """FFCV's reader thread keeps working (numba compiles, with ast.parse) after a test took its batch; on
+    CPython 3.11 an ast.parse racing one in another thread can fail (python/cpython#106905): DALI's import
+    and AutoGraph parse, and so does any test that runs next on the same pytest-xdist worker
+    (tests/test_structure.py failed so). So each pipelines test ends with those threads gone."""
+    yield
+    if not any(type(t).__name__ == "EpochIterator" for t in threading.enumerate()):
+        return
+    gc.collect()  # closes abandoned loader iterators, which tell their FFCV thread to stop
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "EpochIterator":
+            thread.join(timeout=60)
 
 
 def pytest_collection_modifyitems(items):

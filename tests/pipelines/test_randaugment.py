@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +27,6 @@ def image(channels=3, h=20, w=24, seed=0):
     yy, xx = np.mgrid[0:h, 0:w]
     base = 40 + 6 * yy[None] + 5 * xx[None] + 20 * np.arange(channels)[:, None, None]
     return torch.from_numpy((base + rng.integers(0, 30, (channels, h, w))).clip(0, 255).astype(np.uint8))
-
-
-@pytest.fixture(autouse=True)
-def _ffcv_threads_finished():
-    """FFCV's reader thread keeps working (numba compiles, with ast.parse) after a test took its batch; on CPython
-    3.11 an ast.parse racing one in another thread can fail (python/cpython#106905), and importing DALI and
-    its AutoGraph both parse. So each test ends with those threads gone."""
-    yield
-    gc.collect()  # closes abandoned loader iterators, which tell their FFCV thread to stop
-    for thread in threading.enumerate():
-        if type(thread).__name__ == "EpochIterator":
-            thread.join(timeout=60)
 
 
 def make(backend, root, dataset="compass2d", split="train", **kw):
