@@ -34,9 +34,9 @@ def data_root(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _ffcv_threads_finished():
     """FFCV's reader thread keeps working (numba compiles, with ast.parse) after a test took its batch; on
-    CPython 3.11 an ast.parse racing one in another thread can fail (python/cpython#106905): DALI's import
-    and AutoGraph parse, and so does any test that runs next on the same pytest-xdist worker
-    (tests/test_structure.py failed so). So each pipelines test ends with those threads gone."""
+    CPython 3.11 an ast.parse racing one in another thread can fail (python/cpython#106905), and DALI's
+    import and AutoGraph parse. On pytest-xdist workers any pipelines test can follow an FFCV one, so each
+    ends with those threads gone."""
     yield
     if not any(type(t).__name__ == "EpochIterator" for t in threading.enumerate()):
         return
