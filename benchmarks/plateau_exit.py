@@ -48,11 +48,57 @@ def first_exit(history: list[tuple[int, float]], level: float, hold: int) -> int
     return None
 
 
+def run_classes(run: Path, classes: int | None) -> int:
+    """The run's class count: ``classes`` when given, else from the spec saved with its weights."""
+    if classes is not None:
+        return classes
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise SystemExit(
+            f"{weights}: no weights kept (a run copied from docs/evidence has none), so the class count "
+            "is unknown: pass --classes (6 for compass3d, 8 for compass2d, 10 for digits)"
+        )
+    return int(read_spec(weights)["kwargs"]["num_classes"])
+
+
+def loss_exit_row(client, uri: str, run: Path, args: argparse.Namespace) -> dict | None:
+    """One run's plateau exit, read from the training-loss history of the MLflow run its summary names;
+    None (said on stderr) when that run is not in this store."""
+    from mlflow.exceptions import MlflowException
+
+    summary = json.loads((run / "summary.json").read_text())
+    run_id = summary.get("mlflow_run_id")
+    if not run_id:
+        raise SystemExit(f"{run}/summary.json names no MLflow run (tracking was off)")
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        print(
+            f"{run}: left out: its MLflow run {run_id} is not in the store {uri} (copied in from another machine?)",
+            file=sys.stderr,
+        )
+        return None
+    classes = run_classes(run, args.classes)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
+    if not history:
+        raise SystemExit(f"{run}: MLflow run {run_id} has no train/loss history")
+    level = args.below * math.log(classes)
+    return {
+        "run": run.name,
+        "exit_step": first_exit(history, level, args.hold),
+        "level": level,
+        "last_step": history[-1][0],
+        "last_loss": history[-1][1],
+        "top1": summary["sweep"][0]["top1"] if summary.get("sweep") else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="run directories or sweep folders")
     p.add_argument("--below", type=float, default=0.9, help="threshold as a fraction of ln(classes)")
     p.add_argument("--hold", type=int, default=3, help="logged points the loss must stay below it")
+    p.add_argument("--classes", type=int, default=None, help="class count (default: from each run's weights)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--json", type=Path, default=None, help="save the rows here")
     args = p.parse_args(argv)
@@ -61,29 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from liere.engine.tracking import resolve_uri
 
-    client = MlflowClient(resolve_uri(args.tracking_uri))
-    rows = []
-    for run in run_dirs(args.paths):
-        summary = json.loads((run / "summary.json").read_text())
-        run_id = summary.get("mlflow_run_id")
-        if not run_id:
-            raise SystemExit(f"{run}/summary.json names no MLflow run (tracking was off)")
-        classes = int(read_spec(run / "model.safetensors")["kwargs"]["num_classes"])
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
-        if not history:
-            raise SystemExit(f"{run}: MLflow run {run_id} has no train/loss history")
-        level = args.below * math.log(classes)
-        top1 = summary["sweep"][0]["top1"] if summary.get("sweep") else None
-        rows.append(
-            {
-                "run": run.name,
-                "exit_step": first_exit(history, level, args.hold),
-                "level": level,
-                "last_step": history[-1][0],
-                "last_loss": history[-1][1],
-                "top1": top1,
-            }
-        )
+    uri = resolve_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    rows = [row for run in run_dirs(args.paths) if (row := loss_exit_row(client, uri, run, args))]
+    if not rows:
+        raise SystemExit(f"none of these runs is in the MLflow store {uri}")
     print(f"| run | first step below {args.below} ln C (held {args.hold} logs) | last loss | top-1 (%) |")
     print("|---|---|---|---|")
     for r in rows:

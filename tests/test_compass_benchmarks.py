@@ -4,6 +4,7 @@ differ only in brightness."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,10 +14,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from _mlflow_store import sqlite_store
 from commutators import commutator_stats
 from escape_time import split_arrays
 from mark_contrast import mark_cosines
-from plateau_exit import first_exit
+from plateau_exit import first_exit, run_classes
+from plateau_exit import main as plateau_exit_main
 
 from liere import encodings
 from liere.engine.config import load_config
@@ -57,6 +60,33 @@ def test_plateau_exit_ignores_a_dip_that_does_not_hold():
     assert first_exit(history, 0.9 * chance, hold=3) == 350
     assert first_exit(history, 0.9 * chance, hold=1) == 150
     assert first_exit(history[:8], 0.9 * chance, hold=3) is None, "two points are not three"
+
+
+def test_plateau_exit_names_a_run_without_weights_and_takes_the_class_count_instead(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")  # a run copied from docs/evidence: no weights kept
+    with pytest.raises(SystemExit, match=r"model\.safetensors: no weights kept.*--classes"):
+        run_classes(tmp_path, None)
+    assert run_classes(tmp_path, 6) == 6
+
+
+def test_plateau_exit_reads_a_real_store_and_leaves_out_a_run_tracked_elsewhere(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = sqlite_store(tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    run_id = client.create_run("0").info.run_id
+    chance = float(np.log(6))
+    for step, frac in [(50, 1.0), (100, 0.95), (150, 0.8), (200, 0.7), (250, 0.6)]:
+        client.log_metric(run_id, "train/loss", frac * chance, step=step)
+    for name, rid in [("tracked-s0", run_id), ("copied-s0", "0" * 32)]:
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "summary.json").write_text(json.dumps({"mlflow_run_id": rid}))
+    out = tmp_path / "rows.json"
+    args = [str(tmp_path / "sweep"), "--classes", "6", "--tracking-uri", uri, "--json", str(out)]
+    assert plateau_exit_main(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["exit_step"], r["last_step"]) for r in rows] == [("tracked-s0", 150, 250)]
+    assert "copied-s0: left out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("block_size", [2, 8, 64])
