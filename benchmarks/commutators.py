@@ -1,6 +1,7 @@
 """How far LieRE's generators are from commuting, before and after training.
 
     python benchmarks/commutators.py runs/compare/compass3d-rev2 --json commutators.json
+    python benchmarks/commutators.py runs/compare/compass3d-5500 --json commutators.json --merge
 
 RoPE-Mixed's and STRING's rotations are exponentials of commuting generators: the rotation of a
 position is a product of one rotation per axis, in any order. LieRE's generators (one skew block
@@ -29,7 +30,7 @@ from liere.encodings.liere import LieRE
 from liere.models.io import read_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plateau_exit import run_dirs
+from plateau_exit import run_dirs, save_rows
 
 
 def commutator_stats(encoding: LieRE) -> dict[str, float]:
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders")
     p.add_argument("--json", type=Path, default=None, help="save the rows here")
+    p.add_argument("--merge", action="store_true", help="with --json: keep the file's rows of other runs")
     args = p.parse_args(argv)
     with_weights = [run for run in run_dirs(args.paths) if (run / "model.safetensors").is_file()]
     rows = [row for row in map(measure, with_weights) if row is not None]
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             f" | {r['norm_init']:.2f} | {r['norm_trained']:.2f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        save_rows(args.json, rows, args.merge)
     return 0
 
 

@@ -20,6 +20,9 @@ GFLOPs and the measured step time.
 
 A sweep is resumable: run the same command again and finished runs (summary.json present) are
 kept, stopped ones resume from their checkpoints. ``--report-only`` rebuilds the report.
+``--export DIR`` copies the finished runs' results (summaries, configs, training histories,
+evaluations) and the report to DIR without weights: a sweep's evidence, small enough to commit;
+copied back into runs/compare/NAME on another machine, the same command goes on from there.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-wait", action="store_true", help="with --slurm: submit and exit (report later)")
     p.add_argument("--report-only", action="store_true", help="evaluate finished runs and write the report")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="copy the finished runs' results and the report to DIR without weights or checkpoints "
+        "(for docs/evidence; copied back, the sweep resumes); trains nothing",
+    )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test set")
     p.add_argument("--eval-batch-size", type=int, default=128)
     args = p.parse_intermixed_args(argv)

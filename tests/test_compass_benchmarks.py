@@ -18,11 +18,12 @@ from _mlflow_store import sqlite_store
 from commutators import commutator_stats
 from escape_time import split_arrays
 from mark_contrast import mark_cosines
-from plateau_exit import first_exit, run_classes
+from plateau_exit import first_exit, run_classes, save_rows
 from plateau_exit import main as plateau_exit_main
 
 from liere import encodings
 from liere.engine.config import load_config
+from liere.engine.metrics import HISTORY, keep_history_until, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,48 @@ def test_plateau_exit_reads_a_real_store_and_leaves_out_a_run_tracked_elsewhere(
     rows = json.loads(out.read_text())
     assert [(r["run"], r["exit_step"], r["last_step"]) for r in rows] == [("tracked-s0", 150, 250)]
     assert "copied-s0: left out" in capsys.readouterr().err
+
+
+def test_plateau_exit_reads_a_runs_own_history_without_opening_a_store(tmp_path):
+    chance = float(np.log(6))
+    run = tmp_path / "liere8-s3"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"mlflow_run_id": "0" * 32, "sweep": [{"top1": 0.9}]}))
+    lines = [
+        {"step": 50 * i, "epoch": 0, "train/loss": (1.0 if i < 4 else 0.5) * chance} for i in range(1, 9)
+    ]
+    (run / HISTORY).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 450, "train/lo')
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps([{"run": "liere8-s3", "exit_step": 1}, {"run": "ape-s0", "exit_step": None}]))
+    store = tmp_path / "never.db"
+    args = [str(run), "--classes", "6", "--tracking-uri", f"sqlite:///{store}", "--json", str(out), "--merge"]
+    assert plateau_exit_main(args) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["exit_step"]) for r in rows] == [("ape-s0", None), ("liere8-s3", 200)]
+    assert rows[1]["last_step"] == 400, "the line cut short by a kill is left out"
+    assert not store.exists(), "a run with its own history needs no MLflow store"
+
+
+def test_a_resumed_runs_history_drops_what_was_logged_after_its_checkpoint(tmp_path):
+    path = tmp_path / HISTORY
+    path.write_text("".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (10, 20, 30)) + "{cut")
+    keep_history_until(path, 20)
+    assert [r["step"] for r in read_history(path)] == [10, 20]
+    keep_history_until(path, 0)  # a fresh start in the same folder
+    assert read_history(path) == []
+
+
+def test_merged_rows_keep_other_runs_and_replace_the_measured_ones(tmp_path):
+    out = tmp_path / "rows.json"
+    save_rows(out, [{"run": "b-s0", "v": 1}, {"run": "a-s1", "v": 1}], merge=True)  # no file yet
+    save_rows(out, [{"run": "a-s1", "v": 2}, {"run": "c-s0", "v": 2}], merge=True)
+    assert json.loads(out.read_text()) == [
+        {"run": "a-s1", "v": 2},
+        {"run": "b-s0", "v": 1},
+        {"run": "c-s0", "v": 2},
+    ]
+    save_rows(out, [{"run": "c-s0", "v": 3}], merge=False)
+    assert json.loads(out.read_text()) == [{"run": "c-s0", "v": 3}]
 
 
 @pytest.mark.parametrize("block_size", [2, 8, 64])

@@ -1,5 +1,7 @@
 """The training log: a window of micro steps averaged over ranks, logged to MLflow, shown on the
-progress bar and written to ``status.json`` (rank 0), every ``train.log_every`` optimizer steps."""
+progress bar and written to ``status.json`` (the latest) and ``history.jsonl`` (every window, one
+JSON line each) in the run folder by rank 0, every ``train.log_every`` optimizer steps. The history
+keeps a run's curves beside its weights, whatever became of its MLflow store."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+HISTORY = "history.jsonl"  # in the run folder: one line per log window, {"step", "epoch", metric: value}
 
 
 @dataclass
@@ -36,8 +41,10 @@ class TrainMetrics:
             progress.step_times
         )  # seconds per optimizer step per window (checkpointed)
         self.window = Window(start=time.perf_counter())
+        self.history = Path(cfg.train.out_dir) / HISTORY
         self.bar = None
         if denv.is_main:
+            keep_history_until(self.history, progress.step)  # a resumed run logs its later steps again
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -94,8 +101,10 @@ class TrainMetrics:
                 loss=f"{metrics['train/loss']:.4f}", lr=f"{metrics['train/lr']:.2e}",
                 img_s=f"{metrics['train/images_per_s']:.0f}", refresh=False,
             )  # fmt: skip
-            status = {"step": step, "epoch": epoch, **metrics}
-            (Path(self.cfg.train.out_dir) / "status.json").write_text(json.dumps(status))
+            status = json.dumps({"step": step, "epoch": epoch, **metrics})
+            (Path(self.cfg.train.out_dir) / "status.json").write_text(status)
+            with open(self.history, "a") as f:
+                f.write(status + "\n")
         self.window = Window(start=time.perf_counter())
 
     def step_time(self) -> float | None:
@@ -110,3 +119,23 @@ class TrainMetrics:
 def median_step_time(times: list[float]) -> float | None:
     steady = sorted(times[1:] or times)
     return steady[len(steady) // 2] if steady else None
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``history.jsonl``, in step order; a line cut short by a kill is left out."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return sorted(records, key=lambda r: r["step"])
+
+
+def keep_history_until(path: Path, step: int) -> None:
+    """Drop the records after ``step`` (what a stopped run logged past its last checkpoint)."""
+    if path.is_file():
+        kept = [json.dumps(r) + "\n" for r in read_history(path) if r["step"] <= step]
+        path.write_text("".join(kept))

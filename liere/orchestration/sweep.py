@@ -59,6 +59,7 @@ class SweepSpec:
     slurm: str | None = None  # launch/submit.py flags: run as a Slurm job array
     no_wait: bool = False
     report_only: bool = False
+    export: str | None = None  # copy the finished runs' results (no weights) here, train nothing
     bootstrap: int = 2000  # resamples of the test set
     eval_batch_size: int = 128
 
@@ -327,6 +328,8 @@ def run_sweep(spec: SweepSpec, command: str) -> int:
             load_config(spec.config, [*spec.overrides, *run.overrides])
     except (ValueError, ConfigError) as err:
         return fail(err)
+    if spec.export:
+        return export(spec, base, out, runs)
     sizes = eval_sizes(spec, base)
     out.mkdir(parents=True, exist_ok=True)
     parent = Parent(base, out, name, spec)
@@ -356,4 +359,24 @@ def run_sweep(spec: SweepSpec, command: str) -> int:
     if failed:
         print("failed runs: " + ", ".join(f"{r.name} ({r.error})" for r in failed), file=sys.stderr)
         return 1
+    return 0
+
+
+def export(spec: SweepSpec, base, out: Path, runs: list[Run]) -> int:
+    """--export: the finished runs' results without weights, and the sweep's top-level files."""
+    from liere.engine.tracking import resolve_uri
+    from liere.orchestration.cli import fail
+    from liere.orchestration.export import export_sweep
+
+    if not out.is_dir():
+        return fail(f"--export: no sweep folder {out} (give --name or --out of the sweep)")
+    uri = resolve_uri(base.tracking.uri) if base.tracking.enabled else None
+    try:
+        copied = export_sweep(out, Path(spec.export), runs, uri)
+    except ValueError as err:
+        return fail(err)
+    left = [r.name for r in runs if not r.finished]
+    print(f"exported {len(copied)} finished runs of {out} to {Path(spec.export).resolve()} (no weights)")
+    if left:
+        print("not finished, so not exported: " + ", ".join(left))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,52 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished earlier, kept") == 4
     assert json.loads((sweep / "sweep.json").read_text())["parent_run_id"] == parent_id
+
+    # --export: the results without weights, each run's training history kept (one rebuilt from the
+    # MLflow store, as for a run trained before the engine kept it); the plateau exits read from the
+    # exported folder alone; copied back, the sweep counts every run as finished
+    history = (sweep / "liere64-s1" / "history.jsonl").read_text()
+    (sweep / "liere64-s1" / "history.jsonl").unlink()
+    evidence = tmp_path / "evidence"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        code, out, err = in_process(
+            capsys, COMPARE, *compare_args(tmp_path, digits_root, "--export", str(evidence))
+        )
+    assert code == 0 and "exported 4 finished runs" in out, err[-3000:]
+    assert {f.name for f in evidence.iterdir() if f.is_file()} >= {"report.md", "report.json", "sweep.json"}
+    for run in ("ape-s0", "ape-s1", "liere64-s0", "liere64-s1"):
+        kept = {str(f.relative_to(evidence / run)) for f in (evidence / run).rglob("*") if f.is_file()}
+        assert {"summary.json", "config.yaml", "history.jsonl", "compare_eval/eval.json"} <= kept, kept
+        assert not {f for f in kept if f.endswith(".safetensors") or f.startswith("checkpoints")}, kept
+    rebuilt = [
+        json.loads(line) for line in (evidence / "liere64-s1" / "history.jsonl").read_text().splitlines()
+    ]
+    logged = [json.loads(line) for line in history.splitlines()]
+    assert [(r["step"], r["train/loss"]) for r in rebuilt] == [(r["step"], r["train/loss"]) for r in logged]
+    exits = tmp_path / "exits.json"
+    plateau_exit = REPO / "benchmarks" / "plateau_exit.py"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no-store.db")  # never opened
+        code, out, err = in_process(
+            capsys, plateau_exit, str(evidence), "--classes", "10", "--json", str(exits)
+        )
+    assert code == 0, err[-3000:]
+    assert [r["run"] for r in json.loads(exits.read_text())] == [
+        "ape-s0",
+        "ape-s1",
+        "liere64-s0",
+        "liere64-s1",
+    ]
+    assert not (tmp_path / "no-store.db").exists()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(evidence, resumed)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        code, out, err = in_process(
+            capsys, COMPARE, *compare_args(tmp_path, digits_root, "--out", str(resumed))
+        )
+    assert code == 0 and out.count("finished earlier, kept") == 4, err[-3000:]
 
     # --report-only over a sweep with runs not yet trained: the finished ones are reported, exit 0,
     # the parent run FINISHED, and the runs still to train are named

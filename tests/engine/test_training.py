@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import liere
 from liere.engine import precision
 from liere.engine.checkpoint import tag_step
+from liere.engine.metrics import HISTORY, read_history
 
 from ._train import FAST, command, run_train, summary, train_env
 
@@ -192,6 +193,9 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_parameters(tmp_path, digit
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"parameters differ after resume: {different[:5]}"
+    # the history keeps each logged step once: what was logged after the checkpoint is logged again
+    steps = [r["step"] for r in read_history(out / HISTORY)]
+    assert steps == [r["step"] for r in read_history(straight / HISTORY)] == list(range(2, 61, 2))
 
 
 def test_an_unreachable_tracking_server_does_not_stop_training(tmp_path, digits_root):
