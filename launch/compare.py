@@ -8,15 +8,15 @@
     python launch/compare.py configs/imagenet/deit3_vit_s.yaml --encodings ape,liere8 --seeds 3 \\
         --slurm "--nodes 1 --gpus-per-node 8 --time 24:00:00"
 
-Runs go one after another on this machine (``--nproc N`` ranks each, via torchrun), or as one
-Slurm job array through launch/submit.py's submission path (``--slurm "SUBMIT FLAGS"``). Every
-run is a child of one parent MLflow run. After training, each run's exported weights are
-evaluated at every size of ``--sizes`` (default: the config's eval.sizes) and with patches
-shuffled; the report (report.md, report.json, accuracy_vs_resolution.png in --out, also logged
-to the parent run) gives per encoding: top-1 mean and spread over seeds, a bootstrap confidence
-interval over the test set, the difference to the first encoding with a paired bootstrap
-interval, accuracy against evaluation resolution, accuracy with shuffled patches, parameters,
-GFLOPs and the measured step time.
+Runs go one after another on this machine (``--nproc N`` ranks each, via torchrun; ``--parallel
+K`` of them at once), or as one Slurm job array through launch/submit.py's submission path
+(``--slurm "SUBMIT FLAGS"``). Every run is a child of one parent MLflow run. After training, each
+run's exported weights are evaluated at every size of ``--sizes`` (default: the config's
+eval.sizes) and with patches shuffled; the report (report.md, report.json,
+accuracy_vs_resolution.png in --out, also logged to the parent run) gives per encoding: top-1 mean
+and spread over seeds, a bootstrap confidence interval over the test set, the difference to the
+first encoding with a paired bootstrap interval, accuracy against evaluation resolution, accuracy
+with shuffled patches, parameters, GFLOPs and the measured step time.
 
 A sweep is resumable: run the same command again and finished runs (summary.json present) are
 kept, stopped ones resume from their checkpoints. ``--report-only`` rebuilds the report.
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=None, help="sweep folder (default: runs/compare/NAME)")
     p.add_argument("--nproc", type=int, default=1, help="ranks per local run (torchrun when > 1)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="local runs at once, the cores shared out (OMP_NUM_THREADS = cores / (parallel x nproc) "
+        "unless set): small models gain little from a second thread, so this multiplies a CPU sweep's pace",
+    )
     p.add_argument(
         "--slurm", default=None, metavar="FLAGS", help="submit as a job array with these submit.py flags"
     )

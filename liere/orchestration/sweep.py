@@ -1,7 +1,7 @@
 """Encoding sweeps (launch/compare.py): every (arm, seed) trained, evaluated and reported as one sweep.
 
-Runs go one after another on this machine (``nproc`` ranks each, via torchrun), or as one Slurm
-job array through ``slurm``'s submission path. Every run is a child of one parent MLflow run. After
+Runs go one after another on this machine (``nproc`` ranks each, via torchrun; ``parallel`` of them
+at once, the cores shared out), or as one Slurm job array through ``slurm``'s submission path. Every run is a child of one parent MLflow run. After
 training, each run's exported weights are evaluated at every size and with patches shuffled
 (``evaluation``), and ``report`` compares the arms. A sweep is resumable: finished runs
 (summary.json present) are kept, stopped ones resume from their checkpoints.
@@ -10,6 +10,7 @@ training, each run's exported weights are evaluated at every size and with patch
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -56,6 +57,7 @@ class SweepSpec:
     name: str | None = None  # default: the config's name
     out: str | None = None  # default: runs/compare/NAME
     nproc: int = 1  # ranks per local run
+    parallel: int = 1  # local runs at once (each given cores // (parallel * nproc) threads)
     slurm: str | None = None  # launch/submit.py flags: run as a Slurm job array
     no_wait: bool = False
     report_only: bool = False
@@ -220,29 +222,48 @@ class Sweep:
         return [sys.executable, train, self.config, *overrides]
 
     def run_local(self) -> None:
-        """One run after another; output to each run's train.log; a failed run is reported, not fatal."""
-        n = len(self.runs)
+        """The unfinished runs, ``parallel`` at a time; output to each run's train.log; a failed run
+        is reported, not fatal."""
+        n, slots = len(self.runs), max(1, self.spec.parallel)
+        env = dict(os.environ)
+        if slots > 1 and "OMP_NUM_THREADS" not in env:  # the cores shared out, not oversubscribed
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (slots * self.spec.nproc)))
+        todo = []
         for i, run in enumerate(self.runs, 1):
             if run.finished:
                 print(f"[{i}/{n}] {run.name}: finished earlier, kept", flush=True)
-                continue
-            run.out_dir.mkdir(parents=True, exist_ok=True)
-            cmd = self.train_command(run)
-            t0 = time.time()
-            print(f"[{i}/{n}] {run.name}: training (log {run.out_dir / 'train.log'})", flush=True)
-            with open(run.out_dir / "train.log", "a") as log:
-                log.write("$ " + shlex.join(cmd) + "\n")
-                log.flush()
-                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)  # in the caller's directory
-            if rc != 0:
-                tail = (run.out_dir / "train.log").read_text().splitlines()[-15:]
-                run.error = f"exit status {rc}"
-                print(
-                    f"[{i}/{n}] {run.name}: FAILED ({run.error}); log tail:\n  " + "\n  ".join(tail),
-                    flush=True,
-                )
             else:
-                print(f"[{i}/{n}] {run.name}: done in {time.time() - t0:.0f} s", flush=True)
+                todo.append((i, run))
+        active: list[tuple[int, Run, subprocess.Popen, float]] = []
+        while todo or active:
+            while todo and len(active) < slots:
+                i, run = todo.pop(0)
+                active.append((i, run, self._start(i, n, run, env), time.time()))
+            time.sleep(0.2)
+            for entry in [e for e in active if e[2].poll() is not None]:
+                active.remove(entry)
+                self._ended(*entry, n)
+
+    def _start(self, i: int, n: int, run: Run, env: dict[str, str]) -> subprocess.Popen:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self.train_command(run)
+        print(f"[{i}/{n}] {run.name}: training (log {run.out_dir / 'train.log'})", flush=True)
+        with open(run.out_dir / "train.log", "a") as log:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            return subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env
+            )  # in the caller's directory
+
+    def _ended(self, i: int, run: Run, proc: subprocess.Popen, t0: float, n: int) -> None:
+        if proc.returncode != 0:
+            tail = (run.out_dir / "train.log").read_text().splitlines()[-15:]
+            run.error = f"exit status {proc.returncode}"
+            print(
+                f"[{i}/{n}] {run.name}: FAILED ({run.error}); log tail:\n  " + "\n  ".join(tail), flush=True
+            )
+        else:
+            print(f"[{i}/{n}] {run.name}: done in {time.time() - t0:.0f} s", flush=True)
 
     def run_slurm(self) -> bool:
         """Submit the unfinished runs as one job array (``slurm``'s executor and RankLauncher); wait

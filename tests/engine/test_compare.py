@@ -57,8 +57,12 @@ def compare(tmp_path, digits_root, *extra, timeout=600):
 def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_root, capsys):
     from mlflow.tracking import MlflowClient
 
-    proc = compare(tmp_path, digits_root)
+    proc = compare(tmp_path, digits_root, "--parallel", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    started = [i for i, line in enumerate(lines) if ": training (log" in line]
+    ended = [i for i, line in enumerate(lines) if "done in" in line]
+    assert len(started) == len(ended) == 4 and started[1] < ended[0], "two runs at once"
     sweep = tmp_path / "sweep"
     report = json.loads((sweep / "report.json").read_text())
     arms = {a["label"]: a for a in report["arms"]}

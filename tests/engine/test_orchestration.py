@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -66,6 +67,33 @@ def test_each_run_gets_its_folder_name_and_parent_and_torchrun_for_several_ranks
     cmd = sweep.train_command(runs[0])
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert cmd[5].endswith("launch/train.py") and cmd[6] == str(Path("configs/demo.yaml").resolve())
+
+
+def test_parallel_runs_overlap_share_the_cores_and_a_failure_is_reported(tmp_path, monkeypatch, capsys):
+    """The local scheduler with short real processes standing in for trainings (the slow sweep test in
+    test_compare.py trains for real with --parallel 2)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    spec = SweepSpec("configs/demo.yaml", encodings="ape,liere8,string", seeds=1, parallel=2)
+    runs = plan(spec, tmp_path)
+    sweep = Sweep(spec, "demo", tmp_path, runs, "python launch/compare.py ...")
+    script = (
+        "import os, sys, time; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS']); "
+        "time.sleep(0.5); sys.exit(sys.argv[2] == 'liere8')"
+    )
+    monkeypatch.setattr(
+        sweep,
+        "train_command",
+        lambda run: [sys.executable, "-c", script, str(run.out_dir / "threads"), run.label],
+    )
+    sweep.run_local()
+    lines = capsys.readouterr().out.splitlines()
+    started = [i for i, line in enumerate(lines) if line.endswith(".log)")]
+    ended = [i for i, line in enumerate(lines) if "done in" in line or "FAILED" in line]
+    assert len(started) == len(ended) == 3
+    assert started[1] < ended[0] < started[2], "two runs at once, the third when a slot frees"
+    threads = {(r.out_dir / "threads").read_text() for r in runs}
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert [r.error for r in runs] == [None, "exit status 1", None]
 
 
 def test_the_training_size_is_always_evaluated():
