@@ -3,10 +3,11 @@
     python benchmarks/escape_time.py                       # the default study, resumable
     python benchmarks/escape_time.py --arms liere8_paper,rope_mixed --seeds 6 --budget 2976
     python benchmarks/escape_time.py --report              # table + plot from what is done
+    python benchmarks/escape_time.py --seeds 6 --budget 1984 --after 62 --inputs jpeg420 --study compass2d-jpeg420
 
 Every (arm, seed) trains the config's model on the config's data from scratch with the engine's own
 parts (model factory, parameter groups, AdamW, warmup + cosine schedule, gradient clip, the data
-set's normalisation) in one process without DeepSpeed or loader workers: one rank in fp32 is what
+set's normalisation, images as the shards store them: ``--inputs``) in one process without DeepSpeed or loader workers: one rank in fp32 is what
 the compass configs run, and leaving DeepSpeed out makes a 1000-step run a minute on one core.
 Validation top-1 on the whole val split every ``--eval-every`` steps; the **escape step** is the
 first evaluation at or above ``--threshold`` (50%); a run that never gets there within ``--budget``
@@ -52,18 +53,48 @@ DEFAULT_ARMS = "liere8_paper,liere8_grid,liere8_small,rope_mixed,string"
 RESULTS = Path(__file__).resolve().parent / "results" / "escape_time"
 
 
-def split_arrays(cfg, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole embedded split as float32 (N, C, *spatial), normalised as the loaders do, and int64 labels."""
+INPUTS = ("stored", "raw", "jpeg420")
+
+
+def split_arrays(cfg, split: str, inputs: str = "stored") -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole embedded split as float32 (N, C, *spatial), normalised as the loaders do, and int64 labels.
+
+    ``inputs``: ``stored`` gives each image as the shard writer stores it and a loader decodes it (JPEG
+    at prepare()'s quality, with the source's chroma subsampling); ``raw`` the generator's pixels
+    unencoded; ``jpeg420`` JPEG with 4:2:0 chroma subsampling, how compass2d was stored before its
+    revision 2. Volumes are stored losslessly (npy): the same under every choice."""
     from pipelines.sources import source_class
     from pipelines.transforms import normalize
 
+    if inputs not in INPUTS:
+        raise SystemExit(f"--inputs {inputs!r}: expected one of {', '.join(INPUTS)}")
     src = source_class(cfg.data.dataset)()
     samples = [src.get(split, i) for i in range(src.num_samples(split))]
-    x = torch.from_numpy(np.stack([s.data for s in samples]))
+    arrays = [s.data for s in samples]
+    if src.kind == "image" and inputs != "raw":
+        subsampling = "4:2:0" if inputs == "jpeg420" else src.jpeg_subsampling
+        arrays = [as_stored(s, src.channels, subsampling) for s in samples]
+    x = torch.from_numpy(np.stack(arrays))
     if x.dim() == 4 and x.shape[-1] == src.channels:  # images are HWC
         x = x.permute(0, 3, 1, 2)
     x = normalize(x, torch.tensor(src.mean), torch.tensor(src.std))  # pixels in [0, 255], stats in [0, 1]
     return x, torch.tensor([s.label for s in samples], dtype=torch.int64)
+
+
+def as_stored(sample, channels: int, subsampling: str | None) -> np.ndarray:
+    """The image as a loader reads it back from the shards: encoded as the writer does, then decoded."""
+    import inspect
+    import io
+
+    from PIL import Image
+
+    from pipelines.prepare import prepare
+    from pipelines.shards import encode_image
+
+    quality = inspect.signature(prepare).parameters["quality"].default  # what embedded sets are written at
+    payload, _ = encode_image(sample, channels, None, quality, subsampling)
+    decoded = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB" if channels == 3 else "L"))
+    return decoded.reshape(np.shape(sample.data))
 
 
 @torch.no_grad()
@@ -119,7 +150,7 @@ def run_study(args) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["arm"], r["seed"]) for r in _read(out)}
     base = load_config(args.config, [f"train.seed={0}"])
-    data = {s: split_arrays(base, s) for s in (base.data.train_split, base.data.val_split)}
+    data = {s: split_arrays(base, s, args.inputs) for s in (base.data.train_split, base.data.val_split)}
     data = {"train": data[base.data.train_split], "val": data[base.data.val_split]}
     for seed in range(args.seeds):  # seed-major: a stopped study has every arm at similar depth
         for arm in args.arms.split(","):
@@ -129,7 +160,7 @@ def run_study(args) -> Path:
             res = train_one(cfg, data, budget=args.budget, eval_every=args.eval_every,
                             threshold=args.threshold, after=args.after)  # fmt: skip
             row = {"arm": arm, "seed": seed, "config": str(args.config), "overrides": [*ARMS[arm], *args.override],
-                   "budget": args.budget, "threshold": args.threshold, **res}  # fmt: skip
+                   "inputs": args.inputs, "budget": args.budget, "threshold": args.threshold, **res}  # fmt: skip
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
@@ -220,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=int, default=124, help="steps to keep training past the escape")
     p.add_argument("--study", default="compass2d")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--inputs",
+        default="stored",
+        choices=INPUTS,
+        help="images as the shards store them (default), the generator's raw pixels, or JPEG 4:2:0",
+    )
     p.add_argument("--report", action="store_true", help="only write the report of what is done")
     p.add_argument("--leave", type=float, help="also report each run's first step at this top-1 (%%)")
     p.add_argument("override", nargs="*", help="extra config overrides for every arm (key=value)")

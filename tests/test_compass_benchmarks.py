@@ -41,6 +41,19 @@ def test_study_inputs_have_the_loaders_scale(config):
     assert set(y.tolist()) == set(range(int(y.max()) + 1))
 
 
+def test_study_inputs_are_the_images_the_shards_store():
+    """stored: what the loaders decode (compass2d: 4:4:4 JPEG, close to the drawn pixels); jpeg420: the
+    revision-1 storage, whose smeared marks the engine trained on until then."""
+    cfg = load_config(REPO / "configs" / "compass2d.yaml", [])
+    raw, labels = split_arrays(cfg, cfg.data.val_split, "raw")
+    stored, same = split_arrays(cfg, cfg.data.val_split, "stored")
+    smeared, _ = split_arrays(cfg, cfg.data.val_split, "jpeg420")
+    assert torch.equal(labels, same) and stored.shape == raw.shape == smeared.shape
+    assert (stored - raw).abs().amax() < 0.5 * (smeared - raw).abs().amax()
+    with pytest.raises(SystemExit, match="--inputs"):
+        split_arrays(cfg, cfg.data.val_split, "png")
+
+
 def test_marks_of_both_compass_sets_give_distinct_tokens():
     for config in ("compass2d.yaml", "compass3d.yaml"):
         cfg = load_config(REPO / "configs" / config, [])

@@ -31,9 +31,10 @@ def _open_image(sample: Sample):
 
 
 def encode_image(
-    sample: Sample, channels: int, image_size: int | None, quality: int
+    sample: Sample, channels: int, image_size: int | None, quality: int, subsampling: str | None = None
 ) -> tuple[bytes, tuple[int, int]]:
-    """JPEG bytes of the sample with its shorter side resized down to `image_size` (never up).
+    """JPEG bytes of the sample with its shorter side resized down to `image_size` (never up), with
+    chroma `subsampling` ("4:4:4", "4:2:2", "4:2:0"; None: the encoder's default, 4:2:0).
 
     JPEG inputs that need no resize and have the right mode are passed through byte for byte.
     """
@@ -52,7 +53,8 @@ def encode_image(
         w, h = max(1, round(w * scale)), max(1, round(h * scale))
         img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
+    options = {} if subsampling is None else {"subsampling": subsampling}
+    img.save(buf, format="JPEG", quality=int(quality), **options)
     return buf.getvalue(), (h, w)
 
 

@@ -35,6 +35,10 @@ class Source:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "image"  # "image" (2D, stored as JPEG) or "volume" (3D/video, stored as npy)
     needs_src: ClassVar[bool] = True
+    # JPEG chroma subsampling of the shards: None is the encoder's default, 4:2:0 (colour at half
+    # resolution: right for photographs); "4:4:4" keeps colour at every pixel, for images whose
+    # signal is small coloured detail (compass2d's 2-pixel red and green marks)
+    jpeg_subsampling: ClassVar[str | None] = None
 
     classes: list[str]
     channels: int = 3

@@ -170,6 +170,12 @@ class Compass2D(_Compass):
     kind = "image"
     ndim = 2
     mark_values = ((255, 40, 40), (40, 255, 40))  # the red (from) and the green (to) mark
+    # Revision 2: shards keep colour at every pixel. Until then JPEG's default 4:2:0 chroma subsampling
+    # averaged each 2 x 2 block's colour: a red mark read back as (164, 77, 88) on average, its colour
+    # bled into the neighbouring pixels (and patches), and the engine trained on that, not on the
+    # marks the generator draws (docs/results.md, "Why LieRE stalls").
+    jpeg_subsampling = "4:4:4"
+    revision = 2
 
     def __init__(
         self, size: int = 32, num_train: int = 4000, num_val: int = 1000, seed: int = 0, extent_sizes=None

@@ -56,7 +56,9 @@ def _encode(source: Source, task: dict[str, Any], i: int) -> tuple[Sample, str, 
     """Sample `i` of the task's split as (sample, extension, stored bytes, spatial shape); BadSampleError if unusable."""
     sample = source.get(task["split"], i)
     if source.kind == "image":
-        payload, shape = encode_image(sample, source.channels, task["image_size"], task["quality"])
+        payload, shape = encode_image(
+            sample, source.channels, task["image_size"], task["quality"], source.jpeg_subsampling
+        )
         ext = "jpg"
     else:
         payload, shape = encode_volume(sample, source.channels, task["dtype"])
@@ -318,6 +320,8 @@ def write_webdataset_split(
         "skip_bad": skip_bad,
         "format": FORMAT_VERSION,
         "checksums": CHECKSUM_ALGORITHM,
+        # only where a source asks for it: the other sources' fingerprints (and shards) stay as they were
+        **({"subsampling": source.jpeg_subsampling} if source.jpeg_subsampling else {}),
     }
     fp = fingerprint(params)
     old = _finished(out / MANIFEST, fp, overwrite)

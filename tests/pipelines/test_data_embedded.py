@@ -91,3 +91,42 @@ def test_generated_sets_are_deterministic_by_seed():
     assert np.array_equal(a.get("val", 3).data, b.get("val", 3).data)
     assert not np.array_equal(a.get("val", 3).data, c.get("val", 3).data)
     assert not np.array_equal(a.get("val", 3).data, a.get("train", 3).data)
+
+
+def test_compass2d_shards_keep_the_marks_colours_which_4_2_0_jpeg_smears(tmp_path):
+    """The marks are 2 px of pure colour: JPEG's default 4:2:0 chroma subsampling averages colour over
+    2 x 2 blocks, so compass2d's shards keep colour at every pixel (revision 2); what a loader decodes
+    from the real shards is the drawn image, to JPEG's luminance error."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from pipelines.shards import encode_image
+    from pipelines.writers.webdataset import write_webdataset_split
+
+    src = get_source("compass2d", num_train=40, num_val=10)
+    manifest = write_webdataset_split(src, "train", tmp_path)
+    assert manifest["params"]["subsampling"] == "4:4:4"
+    stored = {}
+    for shard in manifest["shardlist"]:
+        with tarfile.open(tmp_path / shard["url"]) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".jpg"):
+                    stored[m.name] = np.asarray(
+                        Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")
+                    )
+    assert len(stored) == 40
+    keys = sorted(stored)
+    red_kept, red_420 = [], []
+    for i in range(40):
+        sample = src.get("train", i)
+        red = (sample.data[..., 0] == 255) & (sample.data[..., 1] == 40)
+        red_kept.append(stored[keys[i]][red].astype(int).mean(0))
+        payload, _ = encode_image(sample, 3, None, 90, "4:2:0")
+        red_420.append(np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))[red].astype(int).mean(0))
+    kept, smeared = np.mean(red_kept, 0), np.mean(red_420, 0)
+    assert kept[0] > 240 and kept[1] < 55 and kept[2] < 55, kept
+    assert smeared[0] < 200 and smeared[1] > 60, smeared  # what compass2d's revision 1 trained on
+    digits = get_source("digits")
+    assert digits.jpeg_subsampling is None  # photographs and greyscale keep the encoder's default
