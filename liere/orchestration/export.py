@@ -4,7 +4,8 @@ run the same command: the exported runs count as finished).
 
 Kept per finished run: ``summary.json``, ``config.yaml``, ``history.jsonl`` (the training curves; for a
 run trained before the engine kept one, rebuilt from its MLflow run when the store still has it) and
-the sweep's evaluation ``compare_eval/``; and every file at the sweep folder's top level (the report,
+the evaluations ``compare_eval/`` (the sweep's) and ``eval_positions-*/`` (``launch/evaluate.py
+--positions``); and every file at the sweep folder's top level (the report,
 its plot, ``sweep.json``, measurements saved beside them). Left out: weights, checkpoints, train.log,
 offline MLflow folders.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from liere.engine.metrics import HISTORY
 
 RUN_FILES = ("summary.json", "config.yaml", HISTORY)
-RUN_FOLDERS = ("compare_eval",)
+RUN_FOLDERS = ("compare_eval", "eval_positions-*")  # glob patterns
 
 
 def export_sweep(out: Path, dest: Path, runs: list, uri: str | None) -> list[str]:
@@ -42,9 +43,9 @@ def export_sweep(out: Path, dest: Path, runs: list, uri: str | None) -> list[str
         for name in RUN_FILES:
             if (run.out_dir / name).is_file():
                 shutil.copy2(run.out_dir / name, target / name)
-        for name in RUN_FOLDERS:
-            if (run.out_dir / name).is_dir():
-                shutil.copytree(run.out_dir / name, target / name, dirs_exist_ok=True)
+        for folder in (f for pattern in RUN_FOLDERS for f in sorted(run.out_dir.glob(pattern))):
+            if folder.is_dir():
+                shutil.copytree(folder, target / folder.name, dirs_exist_ok=True)
         if not (target / HISTORY).is_file():
             records = history_from_mlflow(run.out_dir, uri) if uri else None
             if records:

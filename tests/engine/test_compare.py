@@ -191,6 +191,12 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
         rows[0]["loss"]
     )
     assert moved["rows"][1]["loss"] != pytest.approx(rows[2]["loss"])
+    with pytest.MonkeyPatch.context() as env:  # exported with the run: the evaluation under another scheme
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        code, _, err = in_process(
+            capsys, COMPARE, *compare_args(tmp_path, digits_root, "--export", str(evidence))
+        )
+    assert code == 0 and (evidence / "liere64-s0" / "eval_positions-rescale" / "eval.json").is_file(), err
     for run, scheme, named in [
         ("liere64-s0", "sideways", "not a position scheme"),
         ("ape-s0", "rescale", "no position scheme"),
