@@ -2,12 +2,12 @@
 keeps, and what resumes the sweep on another machine (copy the folder back to runs/compare/NAME and
 run the same command: the exported runs count as finished).
 
-Kept per finished run: ``summary.json``, ``config.yaml``, ``history.jsonl`` (the training curves; for a
-run trained before the engine kept one, rebuilt from its MLflow run when the store still has it) and
-the evaluations ``compare_eval/`` (the sweep's) and ``eval_positions-*/`` (``launch/evaluate.py
---positions``); and every file at the sweep folder's top level (the report,
-its plot, ``sweep.json``, measurements saved beside them). Left out: weights, checkpoints, train.log,
-offline MLflow folders.
+Kept per finished run: ``summary.json``, ``config.yaml``, ``history.jsonl`` (the training curves;
+for a run trained before the engine kept one, rebuilt from its MLflow run when the store still has
+it) and the evaluations ``compare_eval/`` (the sweep's) and ``eval_positions-*/``
+(``launch/evaluate.py --positions``); and every file at the sweep folder's top level (the report,
+its plot, ``sweep.json``, measurements saved beside them). Left out: weights, checkpoints,
+train.log, offline MLflow folders.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Encoding sweeps (launch/compare.py): every (arm, seed) trained, evaluated and reported as one sweep.
 
 Runs go one after another on this machine (``nproc`` ranks each, via torchrun; ``parallel`` of them
-at once, the cores shared out), or as one Slurm job array through ``slurm``'s submission path. Every run is a child of one parent MLflow run. After
-training, each run's exported weights are evaluated at every size and with patches shuffled
-(``evaluation``), and ``report`` compares the arms. A sweep is resumable: finished runs
+at once, the cores shared out), or as one Slurm job array through ``slurm``'s submission path.
+Every run is a child of one parent MLflow run. After training, each run's exported weights are
+evaluated at every size and with patches shuffled (``evaluation``), and ``report`` compares the
+arms. A sweep is resumable: finished runs
 (summary.json present) are kept, stopped ones resume from their checkpoints.
 """
 
@@ -82,6 +83,8 @@ def plan(spec: SweepSpec, out: Path) -> list[Run]:
         raise ValueError(f"arm labels must be distinct: {labels}")
     if spec.seeds < 1:
         raise ValueError(f"--seeds {spec.seeds}: must be >= 1")
+    if spec.parallel < 1:
+        raise ValueError(f"--parallel {spec.parallel}: must be >= 1")
     return [
         Run(label, seed, [*ov, f"train.seed={seed}"], out / f"{label}-s{seed}")
         for seed in range(spec.seeds)
@@ -224,7 +227,7 @@ class Sweep:
     def run_local(self) -> None:
         """The unfinished runs, ``parallel`` at a time; output to each run's train.log; a failed run
         is reported, not fatal."""
-        n, slots = len(self.runs), max(1, self.spec.parallel)
+        n, slots = len(self.runs), self.spec.parallel
         env = dict(os.environ)
         if slots > 1 and "OMP_NUM_THREADS" not in env:  # the cores shared out, not oversubscribed
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (slots * self.spec.nproc)))
@@ -248,12 +251,10 @@ class Sweep:
         run.out_dir.mkdir(parents=True, exist_ok=True)
         cmd = self.train_command(run)
         print(f"[{i}/{n}] {run.name}: training (log {run.out_dir / 'train.log'})", flush=True)
-        with open(run.out_dir / "train.log", "a") as log:
+        with open(run.out_dir / "train.log", "a") as log:  # the child keeps its own handle
             log.write("$ " + shlex.join(cmd) + "\n")
             log.flush()
-            return subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env
-            )  # in the caller's directory
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # in our cwd
 
     def _ended(self, i: int, run: Run, proc: subprocess.Popen, t0: float, n: int) -> None:
         if proc.returncode != 0:

@@ -51,6 +51,7 @@ def test_the_plan_goes_seed_by_seed_over_every_arm(tmp_path):
         (SweepSpec("c", encodings="ape,ape"), "distinct"),
         (SweepSpec("c", variant=["no-overrides"]), "LABEL:KEY=VALUE"),
         (SweepSpec("c", encodings="ape", seeds=0), ">= 1"),
+        (SweepSpec("c", encodings="ape", parallel=0), "--parallel 0"),
     ]:
         with pytest.raises(ValueError, match=message):
             plan(bad, tmp_path)
