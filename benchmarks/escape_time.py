@@ -8,7 +8,8 @@
 Every (arm, seed) trains the config's model on the config's data from scratch with the engine's own
 parts (model factory, parameter groups, AdamW, warmup + cosine schedule, gradient clip, the data
 set's normalisation, images as the shards store them: ``--inputs``) in one process without
-DeepSpeed or loader workers: one rank in fp32 is what the compass configs run, and leaving DeepSpeed out makes a 1000-step run a minute on one core.
+DeepSpeed or loader workers: one rank in fp32 is what the compass configs run, and leaving
+DeepSpeed out makes a 1000-step run a minute on one core.
 Validation top-1 on the whole val split every ``--eval-every`` steps; the **escape step** is the
 first evaluation at or above ``--threshold`` (50%); a run that never gets there within ``--budget``
 steps has not escaped. A run stops ``--after`` steps past its escape (its top-1 then is reported).
