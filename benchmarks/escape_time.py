@@ -216,12 +216,12 @@ def write_report(study: str, leave: float | None = None) -> Path:
                      f"{s['q75']:.0f} | {s['max']:.0f} | {', '.join(map(str, s['steps']))} |{left}")  # fmt: skip
     md = RESULTS / f"{study}.md"
     md.write_text("\n".join(lines) + "\n")
-    _plot(summary, budget, RESULTS / f"{study}.png")
+    _plot(summary, budget, RESULTS / f"{study}.png", title=f"escape times: {study}")
     print("\n".join(lines))
     return md
 
 
-def _plot(summary: list[dict], budget: int, path: Path) -> None:
+def _plot(summary: list[dict], budget: int, path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,8 +235,9 @@ def _plot(summary: list[dict], budget: int, path: Path) -> None:
     ax.set_yticks(range(len(summary)), [s["arm"] for s in summary])
     ax.axvline(budget, color="grey", ls=":", lw=1)
     ax.set_xlabel(
-        "optimizer step at which val top-1 first reaches the threshold (red: never, drawn at the budget)"
+        "optimizer step at which val top-1 first reaches the threshold\n(red: never, drawn at the budget)"
     )
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
