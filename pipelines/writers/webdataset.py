@@ -283,6 +283,18 @@ def _manifest(
     }
 
 
+def _split_params(source: Source, **args: Any) -> dict[str, Any]:
+    """What the split's shards are written from (their fingerprint): the source and the arguments."""
+    return {
+        "source": source.describe(),
+        **args,
+        "format": FORMAT_VERSION,
+        "checksums": CHECKSUM_ALGORITHM,
+        # only where a source asks for it: the other sources' fingerprints (and shards) stay as they were
+        **({"subsampling": source.jpeg_subsampling} if source.jpeg_subsampling else {}),
+    }
+
+
 def write_webdataset_split(
     source: Source,
     split: str,
@@ -309,20 +321,10 @@ def write_webdataset_split(
     n = source.num_samples(split)
     if n == 0:
         raise DataError(f"{source.name}: split {split!r} has no samples")
-    params = {
-        "source": source.describe(),
-        "name": name,
-        "split": split,
-        "shard_size": shard_size,
-        "image_size": image_size,
-        "quality": quality,
-        "dtype": dtype,
-        "skip_bad": skip_bad,
-        "format": FORMAT_VERSION,
-        "checksums": CHECKSUM_ALGORITHM,
-        # only where a source asks for it: the other sources' fingerprints (and shards) stay as they were
-        **({"subsampling": source.jpeg_subsampling} if source.jpeg_subsampling else {}),
-    }
+    params = _split_params(
+        source, name=name, split=split, shard_size=shard_size, image_size=image_size, quality=quality,
+        dtype=dtype, skip_bad=skip_bad,
+    )  # fmt: skip
     fp = fingerprint(params)
     old = _finished(out / MANIFEST, fp, overwrite)
     if old is not None:
