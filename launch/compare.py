@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="local runs at once, the cores shared out (OMP_NUM_THREADS = cores / (parallel x nproc) "
-        "unless set): small models gain little from a second thread, so this multiplies a CPU sweep's pace",
+        "unless set): two small runs at once on 2 cores took 1/1.34 of the time of one after the other "
+        "(benchmarks/parallel_runs.py)",
     )
     p.add_argument(
         "--slurm", default=None, metavar="FLAGS", help="submit as a job array with these submit.py flags"
