@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="parallel_runs_") as tmp:
         tmp = Path(tmp)
-        for mode in ("alone", "together"):
-            (tmp / mode).mkdir()
         cmds = {m: [train_command(args.config, s, args.steps, tmp / m / f"s{s}") for s in range(args.runs)]
                 for m in ("alone", "together")}  # fmt: skip
         # the data set prepared (and the DeepSpeed extension built) before anything is timed

@@ -4,8 +4,8 @@ Runs go one after another on this machine (``nproc`` ranks each, via torchrun; `
 at once, the cores shared out), or as one Slurm job array through ``slurm``'s submission path.
 Every run is a child of one parent MLflow run. After training, each run's exported weights are
 evaluated at every size and with patches shuffled (``evaluation``), and ``report`` compares the
-arms. A sweep is resumable: finished runs
-(summary.json present) are kept, stopped ones resume from their checkpoints.
+arms. A sweep is resumable: finished runs (summary.json present) are kept, stopped ones resume from
+their checkpoints.
 """
 
 from __future__ import annotations
