@@ -1,12 +1,18 @@
-"""The learned-sparsity penalty on LieRE generators: group norms, gradient, report, schedule."""
+"""Learned sparsity of LieRE generators: group norms, the penalty's gradient, the proximal step, report, schedule."""
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import liere
-from liere.encodings.sparsity import group_penalty, report_markdown, sparsity_report, tile_group_norms
-from liere.engine.regularizer import SparsityPenalty
+from liere.encodings.sparsity import (
+    group_penalty,
+    group_soft_threshold,
+    report_markdown,
+    sparsity_report,
+    tile_group_norms,
+)
+from liere.engine.regularizer import SparsityPenalty, SparsityProximal, sparsity_steps
 
 
 def dense_model(**kw):
@@ -76,3 +82,34 @@ def test_schedule_waits_then_ramps_linearly():
     model = dense_model()
     assert s(model, 0) is None
     assert s(model, 50).item() == pytest.approx(0.1 * group_penalty(model.encoding, 8).item(), rel=1e-5)
+
+
+def test_soft_threshold_lowers_every_group_norm_by_the_amount_and_zeroes_the_small_ones():
+    enc = dense_model().encoding
+    u = enc.upper.detach().clone()
+    before = tile_group_norms(enc.skew(u), 8)
+    amount = before.median().item()  # about half of the groups fall to zero
+    out = group_soft_threshold(enc, u, 8, amount)
+    assert out.shape == u.shape and out.dtype == u.dtype
+    after = tile_group_norms(enc.skew(out), 8)
+    dead = before <= amount
+    assert 0.3 < dead.float().mean().item() < 0.7
+    assert torch.allclose(after[~dead], before[~dead] - amount, atol=1e-5)
+    rows, cols = enc._rows // 8, enc._cols // 8
+    entry_dead = dead[..., rows, cols].unsqueeze(0).expand_as(u)  # (axes, L, H, K, entries)
+    assert bool((out[entry_dead] == 0).all())  # exactly zero, not small
+    ratio = out[~entry_dead] / u[~entry_dead]  # survivors keep their direction: a positive scale
+    assert bool((ratio > 0).all() and (ratio < 1).all())
+    assert torch.equal(group_soft_threshold(enc, u, 8, 0.0), u)
+
+
+def test_the_method_picks_a_loss_penalty_or_a_proximal_step():
+    def steps(**sparsity):
+        cfg = OmegaConf.create({"sparsity": {"tile": 8, "start_epoch": 0, "ramp_epochs": 0, **sparsity}})
+        return sparsity_steps(cfg, steps_per_epoch=10)
+
+    assert steps(weight=0.0, method="proximal") == (None, None)
+    penalty, proximal = steps(weight=0.1, method="penalty")
+    assert isinstance(penalty, SparsityPenalty) and proximal is None
+    penalty, proximal = steps(weight=2.0, method="proximal")
+    assert penalty is None and isinstance(proximal, SparsityProximal) and proximal.factor(0) == 2.0

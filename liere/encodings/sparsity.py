@@ -7,6 +7,12 @@ pair (i, j) and (j, i) (equal norms: the generator is skew), taken over all posi
 The penalty is the sum of the groups' Frobenius norms (the group lasso, Yuan & Lin 2006, "Model
 selection and estimation in regression with grouped variables"), which drives whole couplings to
 zero; the report counts, per layer, the groups still active.
+
+Under Adam a penalty added to the loss shrinks every group at about the same rate (each entry's
+step is divided by its own gradient scale), so groups approach zero without reaching it. The
+proximal alternative, ``group_soft_threshold``, acts on the weights after each optimizer step:
+every group's norm falls by a fixed amount, and a group smaller than that becomes exactly 0
+(proximal gradient methods for the group lasso, e.g. Parikh & Boyd 2014, "Proximal Algorithms").
 """
 
 from __future__ import annotations
@@ -35,6 +41,19 @@ def tile_group_norms(generators: Tensor, tile: int) -> Tensor:
     pair = sq + sq.transpose(-1, -2)  # off the diagonal a group holds both tiles of the pair
     pair = pair - torch.diag_embed(sq.diagonal(dim1=-2, dim2=-1))  # on it, the one tile
     return pair.clamp_min(1e-24).sqrt()
+
+
+@torch.no_grad()
+def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> Tensor:
+    """The encoding's upper-triangle parameter ``upper`` with every coupling group's norm (as
+    ``tile_group_norms`` measures it) lowered by ``amount``: groups at or below it become exactly 0,
+    the others keep their direction. Returns a new tensor of ``upper``'s shape and dtype."""
+    enc = _liere(encoding)
+    u = upper.float()
+    norms = tile_group_norms(enc.skew(u), tile)  # (L, H, K, n, n), symmetric
+    scale = (1.0 - amount / norms).clamp_min(0.0)
+    rows, cols = enc._rows // tile, enc._cols // tile  # each upper entry's tile pair (i <= j)
+    return (u * scale[..., rows, cols].unsqueeze(0)).to(upper.dtype)
 
 
 def _liere(encoding: Any) -> LieRE:

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from liere.engine.precision import PRECISIONS
+from liere.engine.regularizer import METHODS as SPARSITY_METHODS
 
 SCHEDULES = ("cosine", "constant", "step")
 LOSSES = ("cross_entropy", "bce")
@@ -144,9 +145,13 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    """Learned sparsity: a group-lasso penalty on the LieRE generators, one group per tile."""
+    """Learned sparsity of the LieRE generators, one group per tile: a group-lasso penalty on the loss,
+    or its proximal step on the weights (exact zeros)."""
 
-    weight: float = 0.0  # penalty weight at full strength (0: off); needs a liere encoding
+    weight: float = 0.0  # strength at full ramp (0: off); needs a liere encoding
+    # penalty: weight x (sum of group norms / generators) joins the loss;
+    # proximal: after each optimizer step every group norm falls by weight x the encoding's lr
+    method: str = "penalty"
     tile: int = 8  # groups are the tile x tile tiles of each (layer, head, axis) generator
     start_epoch: float = 0.0  # the penalty is 0 before this epoch ...
     ramp_epochs: float = 0.0  # ... then rises linearly to `weight` over this many epochs
@@ -343,6 +348,7 @@ def _check_sparsity_and_eval(cfg: DictConfig) -> None:
     sp, m = cfg.sparsity, cfg.model
     _need(sp.weight >= 0, "sparsity.weight", sp.weight, "must be >= 0")
     _need(sp.tile >= 1, "sparsity.tile", sp.tile, "must be >= 1")
+    _need(sp.method in SPARSITY_METHODS, "sparsity.method", sp.method, f"expected one of {SPARSITY_METHODS}")
     _need(
         sp.weight == 0 or m.encoding.startswith("liere"),
         "sparsity.weight",

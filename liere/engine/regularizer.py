@@ -1,4 +1,5 @@
-"""The learned-sparsity penalty in a training run: its schedule, and its report at the end."""
+"""Learned sparsity in a training run: the group-lasso penalty or its proximal step, their schedule,
+and the report at the end."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from liere.encodings.liere import LieRE
-from liere.encodings.sparsity import group_penalty, report_markdown, sparsity_report
+from liere.encodings.sparsity import group_penalty, group_soft_threshold, report_markdown, sparsity_report
+
+METHODS = ("penalty", "proximal")
 
 
-class SparsityPenalty:
-    """weight(step) x group_penalty: 0 before ``start_epoch``, then a linear ramp over ``ramp_epochs``."""
+class SparsitySchedule:
+    """weight(step): 0 before ``start_epoch``, then a linear ramp to ``weight`` over ``ramp_epochs``."""
 
     def __init__(self, cfg: DictConfig, steps_per_epoch: int) -> None:
         s = cfg.sparsity
@@ -29,10 +33,62 @@ class SparsityPenalty:
             return self.weight
         return self.weight * min(1.0, (step - self.start + 1) / self.ramp)
 
+
+class SparsityPenalty(SparsitySchedule):
+    """weight(step) x group_penalty, added to the loss (``sparsity.method: penalty``)."""
+
     def __call__(self, model: nn.Module, step: int) -> Tensor | None:
         """The penalty to add to the loss at optimizer step ``step`` (None while it is 0)."""
         w = self.factor(step)
         return w * group_penalty(model.encoding, self.tile) if w > 0 else None
+
+
+class SparsityProximal(SparsitySchedule):
+    """After each optimizer step, every coupling group's norm falls by weight(step) x the encoding's
+    learning rate; groups below that become exactly 0 (``sparsity.method: proximal``).
+
+    Under ZeRO 1/2 (and DeepSpeed's bf16 optimizer) the weights that the next step starts from are
+    the optimizer's fp32 copy, partitioned over the ranks: the new value is read whole from there and
+    written to it as well as to the module, on every rank alike (the read is a collective)."""
+
+    @torch.no_grad()
+    def __call__(self, engine: Any, step: int) -> None:
+        """Shrink the generators after optimizer step ``step`` (1-based: the step just taken)."""
+        w = self.factor(step - 1)
+        if w <= 0:
+            return
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+        enc = engine.module.encoding
+        param = enc.upper
+        partitioned = getattr(param, "_hp_mapping", None) is not None or hasattr(param, "ds_id")
+        current = safe_get_full_fp32_param(param) if partitioned else param.data.float()
+        new = group_soft_threshold(enc, current, self.tile, w * encoding_lr(engine))
+        if partitioned:
+            safe_set_full_fp32_param(param, new)
+        param.data.copy_(new.to(param.dtype))
+
+
+def sparsity_steps(
+    cfg: DictConfig, steps_per_epoch: int
+) -> tuple[SparsityPenalty | None, SparsityProximal | None]:
+    """What ``sparsity`` asks of the training step: (the loss penalty, the proximal step); None when off."""
+    s = cfg.sparsity
+    if not s.weight:
+        return None, None
+    if s.method == "proximal":
+        return None, SparsityProximal(cfg, steps_per_epoch)
+    return SparsityPenalty(cfg, steps_per_epoch), None
+
+
+def encoding_lr(engine: Any) -> float:
+    """The learning rate of the position-encoding parameter group (``optim.param_groups``' "encoding")."""
+    for group in engine.optimizer.param_groups:
+        if group.get("name") == "encoding":
+            return float(group["lr"])
+    raise ValueError(
+        "sparsity: the optimizer has no 'encoding' parameter group (no LieRE generators to shrink)"
+    )
 
 
 def reportable(model: nn.Module, tile: int) -> bool:

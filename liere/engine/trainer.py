@@ -33,7 +33,7 @@ from liere.engine.evaluate import evaluate, size_name
 from liere.engine.final import final_evaluation, write_outputs
 from liere.engine.metrics import TrainMetrics
 from liere.engine.optim import build_optimizer, build_scheduler
-from liere.engine.regularizer import SparsityPenalty
+from liere.engine.regularizer import sparsity_steps
 from liere.engine.tracking import Tracker, host_tags
 
 EXIT_PREEMPTED = 3  # checkpointed on SIGTERM/SIGUSR1: restart the same command to resume
@@ -212,8 +212,7 @@ class Trainer:
             cfg, denv, self.device, self.tracker, total_steps=self.total_steps, progress=self.progress
         )
         self.criterion = build_criterion(cfg)
-        weight = cfg.sparsity.weight
-        self.penalty = SparsityPenalty(cfg, self.steps_per_epoch) if weight else None
+        self.penalty, self.proximal = sparsity_steps(cfg, self.steps_per_epoch)
         self.stop = StopSignal()
         self.stop_vote = distributed.AnyRankLater()  # the ranks agree on a signal without a device sync
         return self
@@ -371,6 +370,8 @@ class Trainer:
         """Count the step, log, and checkpoint (on a signal: then stop); "last_step" at the end."""
         p = self.progress
         p.step += 1
+        if self.proximal is not None:
+            self.proximal(self.engine, p.step)
         if self.ema is not None:
             self.ema.update()
         p.loader = self.loader.state_dict()

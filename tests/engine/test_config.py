@@ -30,6 +30,7 @@ def test_demo_config_resolves_with_overrides():
         ("model.name=vit_giant_patch16", "model.name='vit_giant_patch16'"),
         ("data.backend=tfrecord", "data.backend='tfrecord'"),
         ("eval.sizes=[[16,16,16]]", "eval.sizes"),
+        ("sparsity.method=prune", "sparsity.method='prune'"),
         ("epochs", "key=value"),
     ],
 )
