@@ -89,18 +89,20 @@ def test_soft_threshold_lowers_every_group_norm_by_the_amount_and_zeroes_the_sma
     u = enc.upper.detach().clone()
     before = tile_group_norms(enc.skew(u), 8)
     amount = before.median().item()  # about half of the groups fall to zero
-    out = group_soft_threshold(enc, u, 8, amount)
+    out, zero = group_soft_threshold(enc, u, 8, amount)
     assert out.shape == u.shape and out.dtype == u.dtype
     after = tile_group_norms(enc.skew(out), 8)
     dead = before <= amount
     assert 0.3 < dead.float().mean().item() < 0.7
+    upper = torch.triu(torch.ones(8, 8, dtype=torch.bool))
+    assert zero == pytest.approx(dead[..., upper].float().mean().item())
     assert torch.allclose(after[~dead], before[~dead] - amount, atol=1e-5)
     rows, cols = enc._rows // 8, enc._cols // 8
     entry_dead = dead[..., rows, cols].unsqueeze(0).expand_as(u)  # (axes, L, H, K, entries)
     assert bool((out[entry_dead] == 0).all())  # exactly zero, not small
     ratio = out[~entry_dead] / u[~entry_dead]  # survivors keep their direction: a positive scale
     assert bool((ratio > 0).all() and (ratio < 1).all())
-    assert torch.equal(group_soft_threshold(enc, u, 8, 0.0), u)
+    assert torch.equal(group_soft_threshold(enc, u, 8, 0.0)[0], u)
 
 
 def test_the_method_picks_a_loss_penalty_or_a_proximal_step():

@@ -44,16 +44,20 @@ def tile_group_norms(generators: Tensor, tile: int) -> Tensor:
 
 
 @torch.no_grad()
-def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> Tensor:
+def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> tuple[Tensor, float]:
     """The encoding's upper-triangle parameter ``upper`` with every coupling group's norm (as
     ``tile_group_norms`` measures it) lowered by ``amount``: groups at or below it become exactly 0,
-    the others keep their direction. Returns a new tensor of ``upper``'s shape and dtype."""
+    the others keep their direction. Returns a new tensor of ``upper``'s shape and dtype, and the
+    share of groups (each coupling once) that are 0."""
     enc = _liere(encoding)
     u = upper.float()
     norms = tile_group_norms(enc.skew(u), tile)  # (L, H, K, n, n), symmetric
     scale = (1.0 - amount / norms).clamp_min(0.0)
     rows, cols = enc._rows // tile, enc._cols // tile  # each upper entry's tile pair (i <= j)
-    return (u * scale[..., rows, cols].unsqueeze(0)).to(upper.dtype)
+    n = norms.shape[-1]
+    upper_groups = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device))
+    zero = float((scale[..., upper_groups] == 0).float().mean())
+    return (u * scale[..., rows, cols].unsqueeze(0)).to(upper.dtype), zero
 
 
 def _liere(encoding: Any) -> LieRE:

@@ -63,15 +63,18 @@ class TrainMetrics:
         w.micro_steps += 1
         w.samples += samples * self.denv.world_size
 
-    def optimizer_step(self, step: int, epoch: int, engine, bad_samples: int = 0) -> None:
+    def optimizer_step(
+        self, step: int, epoch: int, engine, bad_samples: int = 0, extra: dict | None = None
+    ) -> None:
         """Advance the bar; at the log interval (and the last step) log the window and start a new one.
-        ``bad_samples``: the samples this rank's loader replaced so far (``data.bad_samples: skip``)."""
+        ``bad_samples``: the samples this rank's loader replaced so far (``data.bad_samples: skip``);
+        ``extra``: metrics of this step alone, logged as they are."""
         if self.bar is not None:
             self.bar.update(1)
         if step % self.cfg.train.log_every == 0 or step == self.total_steps:
-            self._log(step, epoch, engine, bad_samples)
+            self._log(step, epoch, engine, bad_samples, extra or {})
 
-    def _log(self, step: int, epoch: int, engine, bad_samples: int) -> None:
+    def _log(self, step: int, epoch: int, engine, bad_samples: int, extra: dict) -> None:
         w = self.window
         loss = torch.stack([
             torch.as_tensor(w.loss, dtype=torch.float64, device=self.device).reshape(()),
@@ -93,8 +96,9 @@ class TrainMetrics:
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             metrics["train/grad_norm"] = float(grad_norm)
-        if self.cfg.sparsity.weight:
+        if self.cfg.sparsity.weight and self.cfg.sparsity.method == "penalty":
             metrics["train/sparsity_penalty"] = float(w.penalty) / max(1, w.micro_steps)
+        metrics.update(extra)
         self.tracker.log_metrics(metrics, step)
         if self.denv.is_main:
             self.bar.set_postfix(

@@ -51,6 +51,8 @@ class SparsityProximal(SparsitySchedule):
     the optimizer's fp32 copy, partitioned over the ranks: the new value is read whole from there and
     written to it as well as to the module, on every rank alike (the read is a collective)."""
 
+    zero_groups: float = 0.0  # the share of coupling groups at exactly 0 after the last step
+
     @torch.no_grad()
     def __call__(self, engine: Any, step: int) -> None:
         """Shrink the generators after optimizer step ``step`` (1-based: the step just taken)."""
@@ -63,7 +65,7 @@ class SparsityProximal(SparsitySchedule):
         param = enc.upper
         partitioned = getattr(param, "_hp_mapping", None) is not None or hasattr(param, "ds_id")
         current = safe_get_full_fp32_param(param) if partitioned else param.data.float()
-        new = group_soft_threshold(enc, current, self.tile, w * encoding_lr(engine))
+        new, self.zero_groups = group_soft_threshold(enc, current, self.tile, w * encoding_lr(engine))
         if partitioned:
             safe_set_full_fp32_param(param, new)
         param.data.copy_(new.to(param.dtype))

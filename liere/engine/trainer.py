@@ -375,7 +375,10 @@ class Trainer:
         if self.ema is not None:
             self.ema.update()
         p.loader = self.loader.state_dict()
-        self.metrics.optimizer_step(p.step, p.epoch, self.engine, getattr(self.loader, "bad_samples", 0))
+        extra = {"train/sparsity_zero_groups": self.proximal.zero_groups} if self.proximal else None
+        self.metrics.optimizer_step(
+            p.step, p.epoch, self.engine, getattr(self.loader, "bad_samples", 0), extra
+        )
         if self.stop_vote(self.stop.received is not None):  # (agreed one step after the signal)
             self.checkpointer.save(self.engine, p.step, self.client_state())
             return "preempted"

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import liere
 from liere.encodings.sparsity import tile_group_norms
+from liere.engine.metrics import HISTORY, read_history
 
 from ._train import run_train
 
@@ -46,3 +47,6 @@ def test_proximal_step_zeroes_whole_groups_in_the_optimizer_weights_and_the_repo
     assert report["penalty_weight"] == weight and report["groups_per_generator"] == 36
     active = (28 * report["off_diagonal_active"] + 8 * report["diagonal_active"]) / 36
     assert active <= 1 - dead + 1e-6  # the groups at 0 in the optimizer's copy are off in the module too
+    last = read_history(out / HISTORY)[-1]  # what the run logged after its last step
+    assert last["step"] == 30 and last["train/sparsity_zero_groups"] == pytest.approx(dead)
+    assert "train/sparsity_penalty" not in last
