@@ -6,7 +6,8 @@
 For each run (a run directory or its ``model.safetensors``) the LieRE generators are cut into
 ``tile`` x ``tile`` coupling groups (``liere.encodings.sparsity.tile_group_norms``, the groups the
 ``sparsity`` penalty acts on) and, per generator (layer, head, block), each group's norm is divided
-by the generator's largest. Printed per run: the mean group norm, the smallest relative norm over
+by the generator's largest. Printed per run: the share of groups at exactly 0 (all, per layer, and
+of the tiles on the diagonal; ``sparsity.method: proximal`` makes such zeros), the mean group norm, the smallest relative norm over
 all generators, and the 10% quantile and median of the relative norms; a group below the report's
 threshold (``sparsity.threshold``, 5%) counts as switched off. ``--init`` adds a row per run for a
 fresh draw of the same model with ``torch.manual_seed(train.seed)`` (the engine draws after building
@@ -46,9 +47,14 @@ def group_stats(model: torch.nn.Module, tile: int) -> dict[str, float]:
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool))
     groups = norms[..., upper]  # every coupling once: (L, H, K, groups)
     rel = (groups / groups.amax(-1, keepdim=True).clamp_min(1e-12)).flatten()
+    zero = groups <= 1e-9  # exactly 0 (tile_group_norms clamps to 1e-12): the proximal step's zeros
+    diag = torch.eye(n, dtype=torch.bool)[upper]
     return {
         "groups_per_generator": int(upper.sum()),
         "generators": int(groups[..., 0].numel()),
+        "zero_share": round(float(zero.float().mean()), 3),
+        "zero_share_diagonal": round(float(zero[..., diag].float().mean()), 3),
+        "zero_share_per_layer": [round(float(z.float().mean()), 3) for z in zero],
         "mean_group_norm": round(float(groups.mean()), 3),
         "smallest_relative": round(float(rel.min()), 3),
         "q10_relative": round(float(rel.quantile(0.1)), 3),
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         weights = _weights(run)
         cfg = _config(weights)
         tile = args.tile or cfg.get("sparsity", {}).get("tile", 8)
-        penalty = cfg.get("sparsity", {}).get("weight", 0.0)
+        sparsity = cfg.get("sparsity", {})
+        penalty = f"{sparsity.get('method', 'penalty')} {sparsity.get('weight', 0.0)}"
         models = [("trained", load_model(weights))]
         if args.init:
             torch.manual_seed(cfg.get("train", {}).get("seed", 0))
@@ -91,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                 {"run": str(run), "state": state, "tile": tile, "penalty": penalty, "any_off": off, **stats}
             )
     print(
-        "| run | state | penalty | mean group norm | smallest / largest | 10% quantile | median | any group off |"
+        "| run | state | sparsity | groups at 0 (%) | per layer (%) | diagonal tiles at 0 (%) | mean group norm "
+        "| smallest / largest | 10% quantile | median | any group off |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['state']} | {r['penalty']} | {r['mean_group_norm']} | {r['smallest_relative']} | "
+        layers = " / ".join(f"{100 * z:.0f}" for z in r["zero_share_per_layer"])
+        print(f"| {r['run']} | {r['state']} | {r['penalty']} | {100 * r['zero_share']:.1f} | {layers} | "
+              f"{100 * r['zero_share_diagonal']:.1f} | {r['mean_group_norm']} | {r['smallest_relative']} | "
               f"{r['q10_relative']} | {r['median_relative']} | {'yes' if r['any_off'] else 'no'} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -8,6 +8,7 @@ import liere
 from liere.encodings.sparsity import (
     group_penalty,
     group_soft_threshold,
+    group_weights,
     report_markdown,
     sparsity_report,
     tile_group_norms,
@@ -88,21 +89,35 @@ def test_soft_threshold_lowers_every_group_norm_by_the_amount_and_zeroes_the_sma
     enc = dense_model().encoding
     u = enc.upper.detach().clone()
     before = tile_group_norms(enc.skew(u), 8)
-    amount = before.median().item()  # about half of the groups fall to zero
+    weights = group_weights(8, 8)  # sqrt(group size): 1 off the diagonal, sqrt(7/16) on it
+    amount = (before / weights).median().item()  # about half of the groups fall to zero
     out, zero = group_soft_threshold(enc, u, 8, amount)
     assert out.shape == u.shape and out.dtype == u.dtype
     after = tile_group_norms(enc.skew(out), 8)
-    dead = before <= amount
+    dead = before <= amount * weights
     assert 0.3 < dead.float().mean().item() < 0.7
     upper = torch.triu(torch.ones(8, 8, dtype=torch.bool))
     assert zero == pytest.approx(dead[..., upper].float().mean().item())
-    assert torch.allclose(after[~dead], before[~dead] - amount, atol=1e-5)
+    assert torch.allclose(after[~dead], (before - amount * weights)[~dead], atol=1e-5)
     rows, cols = enc._rows // 8, enc._cols // 8
     entry_dead = dead[..., rows, cols].unsqueeze(0).expand_as(u)  # (axes, L, H, K, entries)
     assert bool((out[entry_dead] == 0).all())  # exactly zero, not small
     ratio = out[~entry_dead] / u[~entry_dead]  # survivors keep their direction: a positive scale
     assert bool((ratio > 0).all() and (ratio < 1).all())
     assert torch.equal(group_soft_threshold(enc, u, 8, 0.0)[0], u)
+
+
+def test_size_weights_treat_diagonal_tiles_and_pairs_alike_at_initialisation():
+    for tile in (4, 8, 16):
+        w = group_weights(64 // tile, tile)
+        assert w[0, 0].item() == pytest.approx(((tile - 1) / (2 * tile)) ** 0.5) and w[0, 1].item() == 1.0
+        enc = dense_model(encoding_options={"init": "small"}).encoding
+        norms = tile_group_norms(enc.generator_matrices(), tile) / w  # per unit of weight
+        n = norms.shape[-1]
+        diag = norms.diagonal(dim1=-2, dim2=-1)
+        off = norms[..., torch.triu(torch.ones(n, n, dtype=torch.bool), 1)]
+        # unweighted, the diagonal tiles would start (1 - w) smaller: 34% at tile 8
+        assert diag.median().item() == pytest.approx(off.median().item(), rel=0.08), tile
 
 
 def test_the_method_picks_a_loss_penalty_or_a_proximal_step():

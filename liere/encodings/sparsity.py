@@ -6,7 +6,11 @@ dense (or coarsely blocked) generator is cut into t x t tiles; each coupling gro
 pair (i, j) and (j, i) (equal norms: the generator is skew), taken over all position axes jointly.
 The penalty is the sum of the groups' Frobenius norms (the group lasso, Yuan & Lin 2006, "Model
 selection and estimation in regression with grouped variables"), which drives whole couplings to
-zero; the report counts, per layer, the groups still active.
+zero; the report counts, per layer, the groups still active. As Yuan & Lin do, each group's norm is
+weighted by the square root of its size: a tile on the diagonal holds t(t-1)/2 free entries per
+axis, a pair off it t^2, so the diagonal gets sqrt((t-1)/(2t)) of the weight (0.66 at t = 8).
+Unweighted, the diagonal tiles (LieRE_8's own couplings, when t = 8) would be the first to go for
+no reason but their size: at initialisation their norms are that factor smaller.
 
 Under Adam a penalty added to the loss shrinks every group at about the same rate (each entry's
 step is divided by its own gradient scale), so groups approach zero without reaching it. The
@@ -17,6 +21,7 @@ every group's norm falls by a fixed amount, and a group smaller than that become
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,18 +51,27 @@ def tile_group_norms(generators: Tensor, tile: int) -> Tensor:
 @torch.no_grad()
 def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> tuple[Tensor, float]:
     """The encoding's upper-triangle parameter ``upper`` with every coupling group's norm (as
-    ``tile_group_norms`` measures it) lowered by ``amount``: groups at or below it become exactly 0,
+    ``tile_group_norms`` measures it) lowered by ``amount`` times its ``group_weights``: groups at
+    or below that become exactly 0,
     the others keep their direction. Returns a new tensor of ``upper``'s shape and dtype, and the
     share of groups (each coupling once) that are 0."""
     enc = _liere(encoding)
     u = upper.float()
     norms = tile_group_norms(enc.skew(u), tile)  # (L, H, K, n, n), symmetric
-    scale = (1.0 - amount / norms).clamp_min(0.0)
+    scale = (1.0 - amount * group_weights(norms.shape[-1], tile, norms.device) / norms).clamp_min(0.0)
     rows, cols = enc._rows // tile, enc._cols // tile  # each upper entry's tile pair (i <= j)
     n = norms.shape[-1]
     upper_groups = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device))
     zero = float((scale[..., upper_groups] == 0).float().mean())
     return (u * scale[..., rows, cols].unsqueeze(0)).to(upper.dtype), zero
+
+
+def group_weights(n: int, tile: int, device=None) -> Tensor:
+    """(n, n): each group's weight in the penalty, sqrt(free entries / tile^2): 1 for a pair of
+    tiles off the diagonal, sqrt((tile - 1) / (2 tile)) for a tile on it."""
+    w = torch.ones(n, n, device=device)
+    w.diagonal().fill_(math.sqrt((tile - 1) / (2 * tile)))
+    return w
 
 
 def _liere(encoding: Any) -> LieRE:
@@ -67,12 +81,14 @@ def _liere(encoding: Any) -> LieRE:
 
 
 def group_penalty(encoding: LieRE, tile: int) -> Tensor:
-    """Sum of the group norms (each coupling once: the upper triangle with its diagonal), divided by
-    the number of generators (layers x heads x blocks), so a weight means the same at every depth."""
+    """Sum of the weighted group norms (``group_weights``; each coupling once: the upper triangle with
+    its diagonal), divided by the number of generators (layers x heads x blocks), so a weight means
+    the same at every depth."""
     norms = tile_group_norms(_liere(encoding).generator_matrices().float(), tile)
     n = norms.shape[-1]
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device))
-    return norms[..., upper].sum() / norms[..., 0, 0].numel()
+    weighted = norms * group_weights(n, tile, norms.device)
+    return weighted[..., upper].sum() / norms[..., 0, 0].numel()
 
 
 @torch.no_grad()
