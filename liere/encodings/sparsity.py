@@ -52,9 +52,8 @@ def tile_group_norms(generators: Tensor, tile: int) -> Tensor:
 def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> tuple[Tensor, float]:
     """The encoding's upper-triangle parameter ``upper`` with every coupling group's norm (as
     ``tile_group_norms`` measures it) lowered by ``amount`` times its ``group_weights``: groups at
-    or below that become exactly 0,
-    the others keep their direction. Returns a new tensor of ``upper``'s shape and dtype, and the
-    share of groups (each coupling once) that are 0."""
+    or below that become exactly 0, the others keep their direction. Returns a new tensor of
+    ``upper``'s shape and dtype, and the share of groups (each coupling once) that are 0."""
     enc = _liere(encoding)
     u = upper.float()
     norms = tile_group_norms(enc.skew(u), tile)  # (L, H, K, n, n), symmetric

@@ -149,8 +149,8 @@ class SparsityConfig:
     or its proximal step on the weights (exact zeros)."""
 
     weight: float = 0.0  # strength at full ramp (0: off); needs a liere encoding
-    # penalty: weight x (sum of group norms / generators) joins the loss;
-    # proximal: after each optimizer step every group norm falls by weight x the encoding's lr
+    # penalty: weight x (sum of size-weighted group norms / generators) joins the loss;
+    # proximal: after each optimizer step every group norm falls by weight x its size weight x the encoding's lr
     method: str = "penalty"
     tile: int = 8  # groups are the tile x tile tiles of each (layer, head, axis) generator
     start_epoch: float = 0.0  # the penalty is 0 before this epoch ...

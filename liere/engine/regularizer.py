@@ -44,8 +44,8 @@ class SparsityPenalty(SparsitySchedule):
 
 
 class SparsityProximal(SparsitySchedule):
-    """After each optimizer step, every coupling group's norm falls by weight(step) x the encoding's
-    learning rate; groups below that become exactly 0 (``sparsity.method: proximal``).
+    """After each optimizer step, every coupling group's norm falls by weight(step) x its size weight
+    x the encoding's learning rate; groups below that become exactly 0 (``sparsity.method: proximal``).
 
     Under ZeRO 1/2 (and DeepSpeed's bf16 optimizer) the weights that the next step starts from are
     the optimizer's fp32 copy, partitioned over the ranks: the new value is read whole from there and
@@ -57,7 +57,7 @@ class SparsityProximal(SparsitySchedule):
     def __call__(self, engine: Any, step: int) -> None:
         """Shrink the generators after optimizer step ``step`` (1-based: the step just taken)."""
         w = self.factor(step - 1)
-        if w <= 0:
+        if w <= 0 or not engine.was_step_applied():  # (fp16: a step skipped on overflow shrinks nothing)
             return
         from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
