@@ -4,6 +4,8 @@
     python benchmarks/escape_time.py --arms liere8_paper,rope_mixed --seeds 6 --budget 2976
     python benchmarks/escape_time.py --report              # table + plot from what is done
     python benchmarks/escape_time.py --seeds 6 --budget 1984 --after 62 --inputs jpeg420 --study compass2d-jpeg420
+    python benchmarks/escape_time.py --arms rope_mixed --vary init --seeds 4 --study s   # then --vary order:
+    python benchmarks/escape_time.py --arms rope_mixed --vary order --seeds 4 --study s  # init or data order?
 
 Every (arm, seed) trains the config's model on the config's data from scratch with the engine's own
 parts (model factory, parameter groups, AdamW, warmup + cosine schedule, gradient clip, the data
@@ -108,8 +110,19 @@ def top1(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     return 100.0 * hits / len(x)
 
 
-def train_one(cfg, data: dict, *, budget: int, eval_every: int, threshold: float, after: int) -> dict:
-    """One run: the validation curve, the escape step (None: never), the top-1 where it stopped."""
+def train_one(
+    cfg,
+    data: dict,
+    *,
+    budget: int,
+    eval_every: int,
+    threshold: float,
+    after: int,
+    order_seed: int | None = None,
+) -> dict:
+    """One run: the validation curve, the escape step (None: never), the top-1 where it stopped.
+    ``cfg.train.seed`` seeds the weights (and any dropout draws); ``order_seed`` (default: the same)
+    the order of the training samples."""
     torch.manual_seed(cfg.train.seed)
     info = {"channels": data["train"][0].shape[1], "num_classes": int(data["train"][1].max()) + 1,
             "spatial_rank": data["train"][0].dim() - 2}  # fmt: skip
@@ -122,7 +135,7 @@ def train_one(cfg, data: dict, *, budget: int, eval_every: int, threshold: float
     sched = build_scheduler(opt, cfg.optim, budget, warmup, steps_per_epoch=steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     curve, escape, step, t0 = [], None, 0, time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed if order_seed is None else order_seed)
     while step < budget and (escape is None or step < escape + after):
         for idx in torch.randperm(len(x), generator=gen)[: steps_per_epoch * cfg.data.batch_size].view(
             steps_per_epoch, -1
@@ -149,26 +162,46 @@ def train_one(cfg, data: dict, *, budget: int, eval_every: int, threshold: float
 def run_study(args) -> Path:
     out = RESULTS / f"{args.study}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["arm"], r["seed"]) for r in _read(out)}
+    rows = _read(out)
+    done = {(r["arm"], r.get("vary", "both"), r["seed"]) for r in rows}
+    runs = {(r["arm"], *run_seeds(r.get("vary", "both"), r["seed"], r.get("fixed_seed", 0))): r for r in rows}
     base = load_config(args.config, [f"train.seed={0}"])
     data = {s: split_arrays(base, s, args.inputs) for s in (base.data.train_split, base.data.val_split)}
     data = {"train": data[base.data.train_split], "val": data[base.data.val_split]}
     for seed in range(args.seeds):  # seed-major: a stopped study has every arm at similar depth
         for arm in args.arms.split(","):
-            if (arm, seed) in done:
+            if (arm, args.vary, seed) in done:
                 continue
-            cfg = load_config(args.config, [*ARMS[arm], f"train.seed={seed}", *args.override])
-            res = train_one(cfg, data, budget=args.budget, eval_every=args.eval_every,
-                            threshold=args.threshold, after=args.after)  # fmt: skip
-            row = {"arm": arm, "seed": seed, "config": str(args.config), "overrides": [*ARMS[arm], *args.override],
-                   "inputs": args.inputs, "budget": args.budget, "threshold": args.threshold, **res}  # fmt: skip
+            init, order = run_seeds(args.vary, seed, args.fixed_seed)
+            same = runs.get((arm, init, order))  # the same run under another --vary: reused, not retrained
+            if same is not None:
+                res = {k: same[k] for k in ("escape_step", "final_top1", "steps", "curve", "wall_s")}
+            else:
+                cfg = load_config(args.config, [*ARMS[arm], f"train.seed={init}", *args.override])
+                res = train_one(cfg, data, budget=args.budget, eval_every=args.eval_every,
+                                threshold=args.threshold, after=args.after, order_seed=order)  # fmt: skip
+            row = {"arm": arm, "seed": seed, "vary": args.vary, "fixed_seed": args.fixed_seed, "init_seed": init,
+                   "order_seed": order, "reused": same is not None, "config": str(args.config),
+                   "overrides": [*ARMS[arm], *args.override], "inputs": args.inputs, "budget": args.budget,
+                   "threshold": args.threshold, **res}  # fmt: skip
+            runs[(arm, init, order)] = row
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(
-                f"{arm} seed {seed}: escape {res['escape_step']} top-1 {res['final_top1']} ({res['wall_s']} s)",
+                f"{arm} init seed {init} order seed {order}: escape {res['escape_step']} top-1 {res['final_top1']} "
+                f"({res['wall_s']} s{', reused' if same is not None else ''})",
                 flush=True,
             )
     return out
+
+
+VARY = ("both", "init", "order")
+
+
+def run_seeds(vary: str, seed: int, fixed: int) -> tuple[int, int]:
+    """(weights seed, sample-order seed) of a study's run ``seed``: ``both`` varies them together (the
+    engine's ``train.seed``), ``init`` and ``order`` vary one and hold the other at ``fixed``."""
+    return {"both": (seed, seed), "init": (seed, fixed), "order": (fixed, seed)}[vary]
 
 
 def _read(path: Path) -> list[dict]:
@@ -186,8 +219,9 @@ def summarize(rows: list[dict], leave: float | None = None) -> list[dict]:
     """Per arm: runs, share escaped, escape-step quartiles over the escaped runs; with ``leave``, each
     run's first step at that top-1 too (a lower bar than the escape: where the climb began)."""
     arms: dict[str, list[dict]] = {}
-    for r in rows:
-        arms.setdefault(r["arm"], []).append(r)
+    for r in rows:  # with --vary init/order, one group per arm and factor
+        vary = r.get("vary", "both")
+        arms.setdefault(r["arm"] if vary == "both" else f"{r['arm']}, {vary} seed varies", []).append(r)
     out = []
     for arm, rs in arms.items():
         esc = sorted(r["escape_step"] for r in rs if r["escape_step"] is not None)
@@ -259,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=INPUTS,
         help="images as the shards store them (default), the generator's raw pixels, or JPEG 4:2:0",
     )
+    p.add_argument(
+        "--vary",
+        default="both",
+        choices=VARY,
+        help="what each seed changes: both the weights and the sample order (as train.seed does), "
+        "or only one of them, the other held at --fixed-seed (is the spread of escape times from the "
+        "initial weights or from the order of the data?)",
+    )
+    p.add_argument("--fixed-seed", type=int, default=0, help="the seed held fixed under --vary init/order")
     p.add_argument("--report", action="store_true", help="only write the report of what is done")
     p.add_argument("--leave", type=float, help="also report each run's first step at this top-1 (%%)")
     p.add_argument("override", nargs="*", help="extra config overrides for every arm (key=value)")

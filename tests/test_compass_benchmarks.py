@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import escape_time
 from _mlflow_store import sqlite_store
 from commutators import commutator_stats
 from escape_time import split_arrays
@@ -52,6 +53,30 @@ def test_study_inputs_are_the_images_the_shards_store():
     assert (stored - raw).abs().amax() < 0.5 * (smeared - raw).abs().amax()
     with pytest.raises(SystemExit, match="--inputs"):
         split_arrays(cfg, cfg.data.val_split, "png")
+
+
+def test_escape_study_varies_the_weights_or_the_order_alone_and_reuses_the_run_both_share(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(escape_time, "RESULTS", tmp_path)
+    common = ["--arms", "rope_mixed", "--seeds", "2", "--budget", "4", "--eval-every", "2", "--study", "s"]
+    escape_time.main([*common, "--vary", "init"])
+    escape_time.main([*common, "--vary", "order"])
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    seeds = [(r["vary"], r["init_seed"], r["order_seed"], r["reused"]) for r in rows]
+    assert seeds == [
+        ("init", 0, 0, False),
+        ("init", 1, 0, False),
+        ("order", 0, 0, True),
+        ("order", 0, 1, False),
+    ]
+    loss = [r["curve"][-1][2] for r in rows]
+    assert loss[2] == loss[0]  # the shared run, read back
+    assert len({loss[0], loss[1], loss[3]}) == 3  # other weights, or other batches: another loss
+    report = (tmp_path / "s.md").read_text()
+    assert (
+        "| rope_mixed, init seed varies | 2 |" in report and "| rope_mixed, order seed varies | 2 |" in report
+    )
 
 
 def test_marks_of_both_compass_sets_give_distinct_tokens():
