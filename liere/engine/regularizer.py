@@ -102,11 +102,9 @@ def reportable(model: nn.Module, tile: int) -> bool:
 def write_report(model: nn.Module, cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], Path]:
     """sparsity.json and sparsity.md in ``out_dir``; returns the report and the markdown path."""
     report = sparsity_report(model.encoding, cfg.sparsity.tile, cfg.sparsity.threshold)
-    report["penalty_weight"] = cfg.sparsity.weight
+    report["penalty_weight"], report["method"] = cfg.sparsity.weight, cfg.sparsity.method
     (out_dir / "sparsity.json").write_text(json.dumps(report, indent=1))
     md = out_dir / "sparsity.md"
-    md.write_text(
-        f"### Learned sparsity: {cfg.model.encoding}, penalty weight {cfg.sparsity.weight}\n\n"
-        + report_markdown(report)
-    )
+    how = f"{cfg.sparsity.method} weight {cfg.sparsity.weight}" if cfg.sparsity.weight else "no sparsity term"
+    md.write_text(f"### Learned sparsity: {cfg.model.encoding}, {how}\n\n" + report_markdown(report))
     return report, md

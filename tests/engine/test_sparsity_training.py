@@ -44,7 +44,9 @@ def test_proximal_step_zeroes_whole_groups_in_the_optimizer_weights_and_the_repo
     dead = (groups < 1e-9).float().mean().item()  # measured: 26% of the groups, at this weight
     assert 0.1 < dead < 0.9  # whole groups at exactly 0 (clamped norms: 1e-12), the others not
     report = json.loads((out / "sparsity.json").read_text())  # made from the module's weights
-    assert report["penalty_weight"] == weight and report["groups_per_generator"] == 36
+    assert report["penalty_weight"] == weight and report["method"] == "proximal"
+    assert report["groups_per_generator"] == 36
+    assert "liere64, proximal weight 60.0" in (out / "sparsity.md").read_text()
     active = (28 * report["off_diagonal_active"] + 8 * report["diagonal_active"]) / 36
     assert active <= 1 - dead + 1e-6  # the groups at 0 in the optimizer's copy are off in the module too
     last = read_history(out / HISTORY)[-1]  # what the run logged after its last step
