@@ -2,7 +2,8 @@
 keeps, and what resumes the sweep on another machine (copy the folder back to runs/compare/NAME and
 run the same command: the exported runs count as finished).
 
-Kept per finished run: ``summary.json``, ``config.yaml``, ``history.jsonl`` (the training curves;
+Kept per finished run: ``summary.json``, ``config.yaml``, the LieRE sparsity report per layer
+(``sparsity.json``/``.md``, where the run wrote one), ``history.jsonl`` (the training curves;
 for a run trained before the engine kept one, rebuilt from its MLflow run when the store still has
 it) and the evaluations ``compare_eval/`` (the sweep's) and ``eval_positions-*/``
 (``launch/evaluate.py --positions``); and every file at the sweep folder's top level (the report,
@@ -20,7 +21,7 @@ from typing import Any
 
 from liere.engine.metrics import HISTORY
 
-RUN_FILES = ("summary.json", "config.yaml", HISTORY)
+RUN_FILES = ("summary.json", "config.yaml", HISTORY, "sparsity.json", "sparsity.md")
 RUN_FOLDERS = ("compare_eval", "eval_positions-*")  # glob patterns
 
 

@@ -121,6 +121,7 @@ def test_a_sweep_trains_every_arm_nests_the_runs_and_reports(tmp_path, digits_ro
         kept = {str(f.relative_to(evidence / run)) for f in (evidence / run).rglob("*") if f.is_file()}
         assert {"summary.json", "config.yaml", "history.jsonl", "compare_eval/eval.json"} <= kept, kept
         assert not {f for f in kept if f.endswith(".safetensors") or f.startswith("checkpoints")}, kept
+        assert ({"sparsity.json", "sparsity.md"} <= kept) == run.startswith("liere64"), kept  # per layer
     rebuilt = [
         json.loads(line) for line in (evidence / "liere64-s1" / "history.jsonl").read_text().splitlines()
     ]
