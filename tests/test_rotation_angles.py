@@ -38,6 +38,16 @@ def test_non_commuting_liere_is_less_relative_than_its_small_init():
     assert relative_share(paper) < 0.6 < 0.85 < relative_share(small) < 1.0
 
 
+def test_relative_share_leaves_out_heads_without_rotation():
+    enc = _enc("liere64", (4, 4), init="small")
+    with torch.no_grad():
+        enc.upper[:, :, 0] = 0  # head 0 of every layer: no rotation, logits the same for every pair
+    assert 0.85 < relative_share(enc) < 1.0  # the other heads' share, not nan
+    with torch.no_grad():
+        enc.upper.zero_()
+    assert math.isnan(relative_share(enc))  # no head varies with position: no share to give
+
+
 def test_paper_init_aliases_on_small_grids():
     """The numbers the escape-time study starts from: 4 x 4 aliases, 14 x 14 does not."""
     s4 = angle_summary(step_angles(_enc("liere8", (4, 4))))

@@ -16,6 +16,7 @@ Two statistics of an encoding's parameters on a grid, used to compare initialisa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -80,7 +81,8 @@ def relative_share(
     centred = logits - logits.mean(dim=1, keepdim=True)
     total = centred.pow(2).sum(dim=1)
     within = (logits - means).pow(2).sum(dim=1)
-    return float((1 - within / total).mean())
+    varies = total > 1e-12 * total.max().clamp_min(1e-300)  # a head without rotation has constant logits
+    return float((1 - within[varies] / total[varies]).mean()) if bool(varies.any()) else math.nan
 
 
 def _offset_ids(grid: Sequence[int]) -> Tensor:
