@@ -81,7 +81,7 @@ def relative_share(
     centred = logits - logits.mean(dim=1, keepdim=True)
     total = centred.pow(2).sum(dim=1)
     within = (logits - means).pow(2).sum(dim=1)
-    varies = total > 1e-12 * total.max().clamp_min(1e-300)  # a head without rotation has constant logits
+    varies = total > 1e-12 * logits.pow(2).sum(dim=1)  # a head without rotation has constant logits
     return float((1 - within[varies] / total[varies]).mean()) if bool(varies.any()) else math.nan
 
 
