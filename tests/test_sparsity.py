@@ -65,6 +65,10 @@ def test_report_counts_the_tiles_that_were_zeroed():
     assert len(report["layers"]) == 6
     text = report_markdown(report)
     assert "| all | 0.0 | 100.0 |" in text
+    with torch.no_grad():
+        enc.upper[:, 1] = 0  # layer 1: every group at 0 (the proximal step does this), none active
+    layers = sparsity_report(enc, tile=8, threshold=0.05)["layers"]
+    assert [(r["off_diagonal_active"], r["diagonal_active"]) for r in layers[:3]] == [(0, 1), (0, 0), (0, 1)]
 
 
 def test_only_liere_encodings_have_a_penalty():

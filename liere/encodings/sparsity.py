@@ -97,8 +97,8 @@ def sparsity_report(encoding: LieRE, tile: int, threshold: float) -> dict[str, A
     enc = _liere(encoding)
     norms = tile_group_norms(enc.generator_matrices().float(), tile)  # (L, H, K, n, n)
     n = norms.shape[-1]
-    peak = norms.amax(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
-    active = norms >= threshold * peak
+    peak = norms.amax(dim=(-1, -2), keepdim=True)
+    active = (norms >= threshold * peak) & (norms > 1e-9)  # a group at 0 is off, even where all are
     off = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device), diagonal=1)
     diag = torch.eye(n, dtype=torch.bool, device=norms.device)
     layers = []
