@@ -83,6 +83,18 @@ def sparsity_steps(
     return SparsityPenalty(cfg, steps_per_epoch), None
 
 
+def sparsity_problem(model: nn.Module, cfg: DictConfig) -> str | None:
+    """Why the model's generators cannot be cut into ``sparsity.tile`` tiles (None: they can, or off)."""
+    s = cfg.sparsity
+    block = getattr(getattr(model, "encoding", None), "block_size", None)
+    if not s.weight or block is None or block % s.tile == 0:
+        return None
+    return (
+        f"sparsity.tile={s.tile} must divide the LieRE generator block size {block} "
+        f"(model.encoding={cfg.model.encoding!r}); use a tile of {block} or a divisor of it"
+    )
+
+
 def encoding_lr(engine: Any) -> float:
     """The learning rate of the position-encoding parameter group (``optim.param_groups``' "encoding")."""
     for group in engine.optimizer.param_groups:

@@ -33,7 +33,7 @@ from liere.engine.evaluate import evaluate, size_name
 from liere.engine.final import final_evaluation, write_outputs
 from liere.engine.metrics import TrainMetrics
 from liere.engine.optim import build_optimizer, build_scheduler
-from liere.engine.regularizer import sparsity_steps
+from liere.engine.regularizer import sparsity_problem, sparsity_steps
 from liere.engine.tracking import Tracker, host_tags
 
 EXIT_PREEMPTED = 3  # checkpointed on SIGTERM/SIGUSR1: restart the same command to resume
@@ -239,6 +239,9 @@ class Trainer:
             }
             given = ", ".join(f"{k}={v!r}" for k, v in keys.items())
             raise ConfigError(f"{cfg.config_path}: the model cannot be built from {given}: {err}") from None
+        problem = sparsity_problem(model, cfg)
+        if problem:  # found now, not at the first sparsity step hundreds of steps in
+            raise ConfigError(f"{cfg.config_path}: {problem}")
         self.steps_per_epoch = len(self.loader) // cfg.train.grad_accum
         if self.steps_per_epoch == 0:
             raise ConfigError(

@@ -73,6 +73,10 @@ def test_the_entry_point_fails_fast_before_any_work(tmp_path):
         (["model.img_size=[18,18]"], "img_size"),  # not a whole grid of 4 px patches: the model refuses it
         (["model.encoding_options.block_size=5"], "block_size"),  # does not divide the head dim
         (["data.dataset=cifar100", "data.root=empty"], "cifar100"),  # a data set never prepared
+        (
+            ["sparsity.weight=0.1", "sparsity.tile=16"],
+            "sparsity.tile=16",
+        ),  # liere8: 8 x 8 blocks, no 16 x 16 tiles
     ],
 )
 def test_what_only_the_model_or_the_data_can_refuse_is_a_message_in_training_too(tmp_path, overrides, named):
