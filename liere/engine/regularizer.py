@@ -63,7 +63,9 @@ class SparsityProximal(SparsitySchedule):
 
         enc = engine.module.encoding
         param = enc.upper
-        partitioned = getattr(param, "_hp_mapping", None) is not None or hasattr(param, "ds_id")
+        # every rank of a ZeRO 1/2 optimizer has the attribute, None where its partition holds none of
+        # the parameter; the read is a collective, so all of them take this branch
+        partitioned = hasattr(param, "_hp_mapping") or hasattr(param, "ds_id")
         current = safe_get_full_fp32_param(param) if partitioned else param.data.float()
         new, self.zero_groups = group_soft_threshold(enc, current, self.tile, w * encoding_lr(engine))
         if partitioned:
