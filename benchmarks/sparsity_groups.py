@@ -7,8 +7,8 @@ For each run (a run directory or its ``model.safetensors``) the LieRE generators
 ``tile`` x ``tile`` coupling groups (``liere.encodings.sparsity.tile_group_norms``, the groups the
 ``sparsity`` penalty acts on) and, per generator (layer, head, block), each group's norm is divided
 by the generator's largest. Printed per run: the share of groups at exactly 0 (all, per layer, and
-of the tiles on the diagonal; ``sparsity.method: proximal`` makes such zeros), the mean group norm, the smallest relative norm over
-all generators, and the 10% quantile and median of the relative norms; a group below the report's
+of the tiles on the diagonal; ``sparsity.method: proximal`` makes such zeros), the mean group norm,
+the smallest relative norm over all generators, and the 10% quantile and median of the relative norms; a group below the report's
 threshold (``sparsity.threshold``, 5%) counts as switched off. ``--init`` adds a row per run for a
 fresh draw of the same model with ``torch.manual_seed(train.seed)`` (the engine draws after building
 its data, so this is the init's distribution, not necessarily the run's own first weights).
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liere.encodings.sparsity import tile_group_norms
+from liere.encodings.sparsity import ZERO, coupling_mask, tile_group_norms
 from liere.models import create_model, load_model
 from liere.models.io import read_spec
 
@@ -44,10 +44,10 @@ def group_stats(model: torch.nn.Module, tile: int) -> dict[str, float]:
     with torch.no_grad():
         norms = tile_group_norms(enc.generator_matrices().float(), tile)  # (L, H, K, n, n), symmetric
     n = norms.shape[-1]
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool))
+    upper = coupling_mask(n)
     groups = norms[..., upper]  # every coupling once: (L, H, K, groups)
     rel = (groups / groups.amax(-1, keepdim=True).clamp_min(1e-12)).flatten()
-    zero = groups <= 1e-9  # exactly 0 (tile_group_norms clamps to 1e-12): the proximal step's zeros
+    zero = groups <= ZERO  # exactly 0: the proximal step's zeros
     diag = torch.eye(n, dtype=torch.bool)[upper]
     return {
         "groups_per_generator": int(upper.sum()),

@@ -48,20 +48,28 @@ def tile_group_norms(generators: Tensor, tile: int) -> Tensor:
     return pair.clamp_min(1e-24).sqrt()
 
 
+ZERO = 1e-9  # a group norm at or below this is exactly 0 (``tile_group_norms`` clamps to 1e-12)
+
+
+def coupling_mask(n: int, device=None) -> Tensor:
+    """(n, n) bool: every coupling group once, the upper triangle of the tile grid with its diagonal."""
+    return torch.triu(torch.ones(n, n, dtype=torch.bool, device=device))
+
+
 @torch.no_grad()
-def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> tuple[Tensor, float]:
+def group_soft_threshold(encoding: LieRE, upper: Tensor, tile: int, amount: float) -> tuple[Tensor, Tensor]:
     """The encoding's upper-triangle parameter ``upper`` with every coupling group's norm (as
     ``tile_group_norms`` measures it) lowered by ``amount`` times its ``group_weights``: groups at
     or below that become exactly 0, the others keep their direction. Returns a new tensor of
-    ``upper``'s shape and dtype, and the share of groups (each coupling once) that are 0."""
+    ``upper``'s shape and dtype, and the share of groups (each coupling once) that are 0, a 0-dim
+    tensor on ``upper``'s device (read it only when it is logged: no host sync each step)."""
     enc = _liere(encoding)
     u = upper.float()
     norms = tile_group_norms(enc.skew(u), tile)  # (L, H, K, n, n), symmetric
-    scale = (1.0 - amount * group_weights(norms.shape[-1], tile, norms.device) / norms).clamp_min(0.0)
-    rows, cols = enc._rows // tile, enc._cols // tile  # each upper entry's tile pair (i <= j)
     n = norms.shape[-1]
-    upper_groups = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device))
-    zero = float((scale[..., upper_groups] == 0).float().mean())
+    scale = (1.0 - amount * group_weights(n, tile, norms.device) / norms).clamp_min(0.0)
+    rows, cols = enc._rows // tile, enc._cols // tile  # each upper entry's tile pair (i <= j)
+    zero = (scale[..., coupling_mask(n, norms.device)] == 0).float().mean()
     return (u * scale[..., rows, cols].unsqueeze(0)).to(upper.dtype), zero
 
 
@@ -85,9 +93,8 @@ def group_penalty(encoding: LieRE, tile: int) -> Tensor:
     the same at every depth."""
     norms = tile_group_norms(_liere(encoding).generator_matrices().float(), tile)
     n = norms.shape[-1]
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device))
     weighted = norms * group_weights(n, tile, norms.device)
-    return weighted[..., upper].sum() / norms[..., 0, 0].numel()
+    return weighted[..., coupling_mask(n, norms.device)].sum() / norms[..., 0, 0].numel()
 
 
 @torch.no_grad()
@@ -98,7 +105,7 @@ def sparsity_report(encoding: LieRE, tile: int, threshold: float) -> dict[str, A
     norms = tile_group_norms(enc.generator_matrices().float(), tile)  # (L, H, K, n, n)
     n = norms.shape[-1]
     peak = norms.amax(dim=(-1, -2), keepdim=True)
-    active = (norms >= threshold * peak) & (norms > 1e-9)  # a group at 0 is off, even where all are
+    active = (norms >= threshold * peak) & (norms > ZERO)  # a group at 0 is off, even where all are
     off = torch.triu(torch.ones(n, n, dtype=torch.bool, device=norms.device), diagonal=1)
     diag = torch.eye(n, dtype=torch.bool, device=norms.device)
     layers = []

@@ -98,7 +98,7 @@ class TrainMetrics:
             metrics["train/grad_norm"] = float(grad_norm)
         if self.cfg.sparsity.weight and self.cfg.sparsity.method == "penalty":
             metrics["train/sparsity_penalty"] = float(w.penalty) / max(1, w.micro_steps)
-        metrics.update(extra)
+        metrics.update({k: float(v) for k, v in extra.items()})  # (tensors read here, at log steps only)
         self.tracker.log_metrics(metrics, step)
         if self.denv.is_main:
             self.bar.set_postfix(

@@ -51,7 +51,7 @@ class SparsityProximal(SparsitySchedule):
     the optimizer's fp32 copy, partitioned over the ranks: the new value is read whole from there and
     written to it as well as to the module, on every rank alike (the read is a collective)."""
 
-    zero_groups: float = 0.0  # the share of coupling groups at exactly 0 after the last step
+    zero_groups: float | Tensor = 0.0  # the share of coupling groups at exactly 0 after the last step
 
     @torch.no_grad()
     def __call__(self, engine: Any, step: int) -> None:
