@@ -115,10 +115,11 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 # DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm) at the first deepspeed.initialize on
 # a CPU machine: 1-2 min on 2 cores, into $$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
 # Done here, once, after DeepSpeed is installed (by .demo or .test, listed before it), so that neither
-# the first training run nor the first test waits for a compiler. GPU machines do not build it.
+# the first training run nor the first test waits for a compiler; a build lock left there by a killed
+# process is removed first (liere/engine/extensions.py). GPU machines do not build it.
 $(VENV)/.cpu_ops:
 ifneq ($(HAS_GPU),1)
-	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	$(BIN)/python -m liere.engine.extensions
 endif
 	touch $@
 

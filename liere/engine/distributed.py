@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from liere.engine import extensions
+
 
 class DeviceError(RuntimeError):
     """A node whose GPUs or rendezvous this run cannot use; the message says why and what to do."""
@@ -187,6 +189,9 @@ def init(timeout_s: int, denv: DistEnv | None = None) -> tuple[DistEnv, torch.de
                 denv, f"CPU affinity: each rank on the CPUs of its GPU's NUMA node (rank 0: {len(cpus)} CPUs)"
             )
     if not dist.is_initialized():
+        extensions.use_environment_folder()
+        if denv.local_rank == 0:  # a lock left by a killed rank would hang the op's load below
+            extensions.clear_stale_locks(announce=lambda msg: print(msg, flush=True))
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
