@@ -179,7 +179,9 @@ def _header(stats: dict[str, Any], cfg) -> list[str]:
         f"{cfg.train.epochs} epochs, {cfg.train.precision}; "
         f"{max(a['runs'] for a in arms)} seed(s) per arm",
         f"- machine: {platform.node()}, {os.cpu_count()} CPU cores, {_accelerator()}; git {_git()}; "
-        f"sweep wall time {stats['wall_s'] / 60:.1f} min",
+        f"this command's wall time {stats['wall_s'] / 60:.1f} min; training "
+        + (f"{stats['train_s'] / 60:.0f} min" if stats.get("train_s") else "not recorded")
+        + " (each run's steps x its median step time, summed over runs, kept ones included)",
         f"- top-1 on the full `{cfg.data.val_split}` split at the training size {train}: mean ± std over seeds; "
         f"95% CI: bootstrap over test samples ({stats['resamples']} resamples) of the seed-averaged accuracy; "
         f"Δ: paired difference to `{ref}`",
@@ -348,6 +350,16 @@ def plot_resolution(stats: dict[str, Any], path: Path, title: str) -> Path | Non
     return path
 
 
+def training_seconds(runs: list[Run]) -> float:
+    """The training time of the finished runs, resumed or kept ones included: each run's steps times its
+    median step time (evaluation and start-up left out)."""
+    return sum(
+        r.summary["step"] * r.summary["step_time_s"]
+        for r in runs
+        if not r.error and r.summary.get("step") and r.summary.get("step_time_s")
+    )
+
+
 def write_report(
     runs: list[Run], out: Path, cfg, *, command: str, resamples: int, wall_s: float
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -355,6 +367,7 @@ def write_report(
     stats = summarize(runs, resamples)
     stats["command"] = command
     stats["wall_s"] = wall_s
+    stats["train_s"] = training_seconds(runs)
     stats["runs"] = [
         {"name": r.name, "label": r.label, "seed": r.seed, "out_dir": str(r.out_dir), "error": r.error,
          "summary": r.summary, "eval_rows": r.eval.get("rows")}

@@ -118,7 +118,12 @@ def _fake_run(tmp_path: Path, label: str, seed: int, correct: np.ndarray) -> Run
         {"size": [24, 24], "shuffled": False, "top1": top1 - 0.1, "top5": 1.0, "loss": 1.5, "count": n},
     ]
     evaluated = {"train_size": [16, 16], "rows": rows, "predictions": str(out / "predictions.npz")}
-    summary = {"params": 1_500_000, "gflops": 0.01, "step_time_s": 0.02 * (1 + (label == "liere8"))}
+    summary = {
+        "params": 1_500_000,
+        "gflops": 0.01,
+        "step_time_s": 0.02 * (1 + (label == "liere8")),
+        "step": 1500,
+    }
     return Run(label, seed, [], out, summary=summary, eval=evaluated)
 
 
@@ -159,7 +164,10 @@ def test_the_report_compares_arms_from_their_predictions(tmp_path):
     assert (
         "| string | no finished run |" in text and "| string-s0 | - | - | - | - | - | exit status 1 |" in text
     )
-    assert "| encoding | 16x16 | 24x24 |" in text and "2.00x |" in text and "sweep wall time 1.5 min" in text
+    assert "| encoding | 16x16 | 24x24 |" in text and "2.00x |" in text
+    assert (
+        "this command's wall time 1.5 min; training 4 min (each run's steps" in text
+    )  # 1500 x (3 x 0.02 + 2 x 0.04) s = 3.5 min
 
 
 def test_bootstrap_means_resample_the_samples():
