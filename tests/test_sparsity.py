@@ -134,3 +134,27 @@ def test_the_method_picks_a_loss_penalty_or_a_proximal_step():
     assert isinstance(penalty, SparsityPenalty) and proximal is None
     penalty, proximal = steps(weight=2.0, method="proximal")
     assert penalty is None and isinstance(proximal, SparsityProximal) and proximal.factor(0) == 2.0
+
+
+def test_encoding_weight_decay_shrinks_the_generators_alone():
+    from liere.engine.config import OptimConfig
+    from liere.engine.optim import build_optimizer
+
+    model = dense_model()
+    cfg = OmegaConf.structured(OptimConfig(lr=0.1, weight_decay=0.2, encoding_weight_decay=0.5))
+    opt = build_optimizer(model, cfg)
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == {
+        "decay": 0.2,
+        "no_decay": 0.0,
+        "encoding": 0.5,
+    }
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # Adam's own update is 0: what moves is the decay
+    opt.step()
+    for name, p in model.named_parameters():
+        if name.startswith("encoding."):
+            torch.testing.assert_close(p.detach(), before[name] * (1 - 0.1 * 0.5))
+        elif p.ndim <= 1:
+            torch.testing.assert_close(p.detach(), before[name])
+    assert build_optimizer(model, OmegaConf.structured(OptimConfig())).param_groups[-1]["weight_decay"] == 0.0

@@ -106,10 +106,13 @@ class OptimConfig:
     )
     lr: float = 1e-3  # peak learning rate (per the whole global batch; no automatic scaling)
     min_lr: float = 1e-5  # floor of the cosine schedule (the step schedule has none)
-    weight_decay: float = 0.05  # AdamW decoupled decay; never on norms, biases, tokens, encodings
+    weight_decay: float = 0.05  # AdamW decoupled decay; never on norms, biases, tokens (encodings: below)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     encoding_lr_scale: float = 1.0  # learning-rate multiplier of the position-encoding parameters
+    # AdamW decoupled decay of the position-encoding parameters: 0 as in the official LieRE code and
+    # RoPE-ViT; on LieRE's generators it shrinks every rotation frequency (docs/results.md, "Learned sparsity")
+    encoding_weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine (after warmup), constant, or step (times step_gamma at each milestone)
     # step: milestones as fractions of the run, applied at epoch boundaries (torch MultiStepLR stepped per epoch)
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -219,6 +222,8 @@ def _check_run(t: DictConfig, o: DictConfig, d: DictConfig) -> None:
     _need(t.ema is None or 0 <= t.ema < 1, "train.ema", t.ema, "expected null (off) or a decay in [0, 1)")
     _need(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"expected one of {SCHEDULES}")
     _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    for key in ("weight_decay", "encoding_weight_decay"):
+        _need(o[key] >= 0, f"optim.{key}", o[key], "must be >= 0")
     _check_optimizer(t, o)
     _need(len(o.betas) == 2, "optim.betas", list(o.betas), "expected two numbers")
     _need(d.backend in BACKENDS, "data.backend", d.backend, f"expected one of {BACKENDS}")

@@ -9,14 +9,17 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, encoding_lr_scale: float) -> list[dict]:
-    """Three groups: decayed weights; undecayed norms, biases and tokens; the position encoding
-    (undecayed, with its own learning-rate multiplier ``lr_scale``)."""
+def param_groups(
+    model: nn.Module, weight_decay: float, encoding_lr_scale: float, encoding_weight_decay: float = 0.0
+) -> list[dict]:
+    """Three groups: decayed weights; undecayed norms, biases and tokens; the position encoding, with
+    its own learning-rate multiplier ``lr_scale`` and its own decay (0 by default, as in the official
+    LieRE code and RoPE-ViT; on LieRE's generators a decay lowers every rotation frequency)."""
     no_decay_names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     groups = {
         "decay": {"weight_decay": weight_decay, "lr_scale": 1.0},
         "no_decay": {"weight_decay": 0.0, "lr_scale": 1.0},
-        "encoding": {"weight_decay": 0.0, "lr_scale": encoding_lr_scale},
+        "encoding": {"weight_decay": encoding_weight_decay, "lr_scale": encoding_lr_scale},
     }
     for group in groups.values():
         group.update(params=[], liere_param_names=[])  # names: stage-0 checkpoints keep fp32 weights by group
@@ -88,7 +91,7 @@ class Lamb(torch.optim.Optimizer):
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """torch AdamW (resumes bit-identically under DeepSpeed, unlike the JIT-compiled C++ Adam), or
     ``Lamb`` (``optim.name=lamb``); the same parameter groups either way."""
-    groups = param_groups(model, cfg.weight_decay, cfg.encoding_lr_scale)
+    groups = param_groups(model, cfg.weight_decay, cfg.encoding_lr_scale, cfg.encoding_weight_decay)
     if getattr(cfg, "name", "adamw") == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

@@ -31,6 +31,7 @@ def test_demo_config_resolves_with_overrides():
         ("data.backend=tfrecord", "data.backend='tfrecord'"),
         ("eval.sizes=[[16,16,16]]", "eval.sizes"),
         ("sparsity.method=prune", "sparsity.method='prune'"),
+        ("optim.encoding_weight_decay=-1", "optim.encoding_weight_decay=-1"),
         ("epochs", "key=value"),
     ],
 )
