@@ -113,7 +113,7 @@ $(VENV)/.demo: $(VENV)/.torch pyproject.toml
 	touch $@
 
 # DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm) at the first deepspeed.initialize on
-# a CPU machine: 1-2 min on 2 cores, into $$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
+# a CPU machine: 1-2 min on 2 cores, into $$TORCH_EXTENSIONS_DIR (default: the venv's torch_extensions).
 # Done here, once, after DeepSpeed is installed (by .demo or .test, listed before it), so that neither
 # the first training run nor the first test waits for a compiler; a build lock left there by a killed
 # process is removed first (liere/engine/extensions.py). GPU machines do not build it.
