@@ -9,7 +9,7 @@ end and without a word: ``deepspeed.init_distributed`` never returns. A build ta
 so a lock far older than that has no live owner: ``clear_stale_locks`` waits for a younger one to be
 released and removes it once it is that old, saying so.
 
-Extensions are also built per Python environment (``<venv>/torch_extensions``) unless
+Extensions are also built per virtual environment (``<venv>/torch_extensions``) unless
 TORCH_EXTENSIONS_DIR says otherwise: the op is bound to that environment's torch and DeepSpeed, and a
 lock left by a run of another checkout (another venv) cannot stop this one.
 """
@@ -42,9 +42,11 @@ def environment_folder() -> Path:
 
 
 def use_environment_folder() -> Path:
-    """Build and load extensions in ``environment_folder()`` unless TORCH_EXTENSIONS_DIR is set (or the
-    environment is read-only: torch's default then); returns the folder torch will use."""
-    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+    """Build and load extensions in ``environment_folder()`` when Python runs in a writable virtual
+    environment and TORCH_EXTENSIONS_DIR is not set (torch's default otherwise); returns the folder
+    torch will use."""
+    in_venv = sys.prefix != sys.base_prefix
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and in_venv and os.access(sys.prefix, os.W_OK):
         os.environ["TORCH_EXTENSIONS_DIR"] = str(environment_folder())
     return extensions_root()
 
