@@ -10,7 +10,7 @@ from torch import nn
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, encoding_lr_scale: float, encoding_weight_decay: float = 0.0
+    model: nn.Module, weight_decay: float, encoding_lr_scale: float, encoding_weight_decay: float
 ) -> list[dict]:
     """Three groups: decayed weights; undecayed norms, biases and tokens; the position encoding, with
     its own learning-rate multiplier ``lr_scale`` and its own decay (0 by default, as in the official
