@@ -4,7 +4,7 @@ Uncertainty has two sources and the report keeps them apart: the spread over see
 noise: mean and standard deviation of the runs' top-1), and the finite test set (a percentile
 bootstrap over test samples, Efron & Tibshirani 1993, of the seed-averaged accuracy; for the
 difference to the reference arm the same resampled samples are used for both arms: a paired
-bootstrap).
+bootstrap). Whether two arms differ over seeds is tested on their per-seed top-1 (``seed_tests``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 from liere.engine.evaluate import size_name
 from liere.engine.tracking import git_commit
 from liere.orchestration.evaluation import row_name
+from liere.orchestration.seed_tests import p_text, pairwise
+from liere.orchestration.seed_tests import render as render_seed_tests
 
 if TYPE_CHECKING:
     from liere.orchestration.sweep import Run
@@ -84,7 +86,15 @@ def summarize(runs: list[Run], resamples: int) -> dict[str, Any]:
                 arm.update(_intervals(correct, against, resamples))
             arm.update(_cost(ok))
         out.append(arm)
-    return {"reference": reference, "train_size": train_key, "resamples": resamples, "arms": out}
+    seeds = {a["label"]: a["evals"][train_key]["seeds"] for a in out if a["top1_mean"] is not None}
+    tests = pairwise(seeds)
+    for arm in out:
+        row = next((t for t in tests if t["a"] == reference and t["b"] == arm["label"]), None)
+        if row is not None:
+            arm["seeds_welch_p_vs_reference"] = row["welch_p"]
+    return {
+        "reference": reference, "train_size": train_key, "resamples": resamples, "arms": out, "seed_tests": tests,
+    }  # fmt: skip
 
 
 def _accuracies(runs: list[Run]) -> dict[str, dict[str, Any]]:
@@ -160,6 +170,7 @@ def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> st
     lines = [
         *_header(stats, cfg),
         *_main_table(stats),
+        *render_seed_tests(stats["seed_tests"]),
         *_resolution_table(stats, keys, plot),
         *_extent_table(stats, _eval_keys(stats["arms"], "extent")),
         *_sparsity_table(stats["arms"]),
@@ -184,7 +195,8 @@ def _header(stats: dict[str, Any], cfg) -> list[str]:
         + " (each run's steps x its median step time, summed over runs, kept ones included)",
         f"- top-1 on the full `{cfg.data.val_split}` split at the training size {train}: mean ± std over seeds; "
         f"95% CI: bootstrap over test samples ({stats['resamples']} resamples) of the seed-averaged accuracy; "
-        f"Δ: paired difference to `{ref}`",
+        f"Δ: paired difference to `{ref}` (the same bootstrap); p over seeds: Welch's t-test of the per-seed top-1 "
+        f"against `{ref}`",
         "",
     ]
 
@@ -193,19 +205,20 @@ def _main_table(stats: dict[str, Any]) -> list[str]:
     arms, ref, train = stats["arms"], stats["reference"], stats["train_size"]
     ref_time = next((a["step_time_s"] for a in arms if a["label"] == ref and a.get("step_time_s")), None)
     lines = [
-        f"| encoding | top-1 (%) | 95% CI | Δ vs {ref} (pp) | Δ 95% CI | shuffled patches (%) | params (M) | GFLOPs | step (ms) | step vs {ref} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| encoding | top-1 (%) | 95% CI | Δ vs {ref} (pp) | Δ 95% CI | p over seeds | shuffled patches (%) | params (M) | GFLOPs | step (ms) | step vs {ref} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in arms:
         if a["top1_mean"] is None:
-            lines.append(f"| {a['label']} | no finished run | | | | | | | | |")
+            lines.append(f"| {a['label']} | no finished run | | | | | | | | | |")
             continue
         shuffled = a["evals"].get(f"{train} shuffled", {}).get("mean")
         delta = a.get("delta_vs_reference")
         step = a.get("step_time_s")
         lines.append(
             f"| {a['label']} | {_spread(a['evals'][train])} | {_ci_text(a.get('top1_ci95'))} | "
-            f"{'-' if delta is None else f'{100 * delta:+.1f}'} | {_signed_ci(a.get('delta_ci95'))} | {_pct(shuffled)} | "
+            f"{'-' if delta is None else f'{100 * delta:+.1f}'} | {_signed_ci(a.get('delta_ci95'))} | "
+            f"{p_text(a.get('seeds_welch_p_vs_reference'))} | {_pct(shuffled)} | "
             f"{_num(a.get('params'), 1e-6, '.3f')} | {_num(a.get('gflops'), 1, '.4f')} | "
             f"{_ms(step)} | "
             f"{'-' if not (step and ref_time) else f'{step / ref_time:.2f}x'} |"

@@ -165,6 +165,11 @@ def test_the_report_compares_arms_from_their_predictions(tmp_path):
         "| string | no finished run |" in text and "| string-s0 | - | - | - | - | - | exit status 1 |" in text
     )
     assert "| encoding | 16x16 | 24x24 |" in text and "2.00x |" in text
+    assert "## Differences over seeds\n\n1 pair of arms tested" in text  # rope_mixed has one seed: untested
+    welch = [t for t in stats["seed_tests"] if t["welch_p"] is not None]
+    assert [(t["a"], t["b"]) for t in welch] == [("ape", "liere8")]
+    assert arms["liere8"]["seeds_welch_p_vs_reference"] == welch[0]["welch_p"]
+    assert f"| {welch[0]['welch_p']:.3f} |" in liere8_row
     assert (
         "this command's wall time 1.5 min; training 4 min (each run's steps" in text
     )  # 1500 x (3 x 0.02 + 2 x 0.04) s = 3.5 min
