@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{label} ({len(v)} seeds)" for label, v in seeds.items()))
     rows = pairwise(seeds)
     lines = render(rows, shown=args.shown, evaluation=args.eval or "the training size")
-    print("\n".join(lines[3:]) if lines else "no pair of arms with two or more seeds each")
+    print("\n".join(lines) if lines else "no pair of arms with two or more seeds each")
     if args.json:
         Path(args.json).write_text(json.dumps({"eval": args.eval, "seeds": seeds, "pairs": rows}, indent=1))
     return 0

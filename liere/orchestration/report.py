@@ -87,11 +87,11 @@ def summarize(runs: list[Run], resamples: int) -> dict[str, Any]:
             arm.update(_cost(ok))
         out.append(arm)
     seeds = {a["label"]: a["evals"][train_key]["seeds"] for a in out if a["top1_mean"] is not None}
-    tests = pairwise(seeds)
+    tests = pairwise(seeds)  # the reference is the first arm of seeds: every other one is its pair's b
+    against_reference = {t["b"]: t["welch_p"] for t in tests if t["a"] == reference}
     for arm in out:
-        row = next((t for t in tests if t["a"] == reference and t["b"] == arm["label"]), None)
-        if row is not None:
-            arm["seeds_welch_p_vs_reference"] = row["welch_p"]
+        if arm["label"] in against_reference:
+            arm["seeds_welch_p_vs_reference"] = against_reference[arm["label"]]
     return {
         "reference": reference, "train_size": train_key, "resamples": resamples, "arms": out, "seed_tests": tests,
     }  # fmt: skip
@@ -170,7 +170,7 @@ def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> st
     lines = [
         *_header(stats, cfg),
         *_main_table(stats),
-        *render_seed_tests(stats["seed_tests"]),
+        *_seed_tests_section(stats["seed_tests"]),
         *_resolution_table(stats, keys, plot),
         *_extent_table(stats, _eval_keys(stats["arms"], "extent")),
         *_sparsity_table(stats["arms"]),
@@ -224,6 +224,11 @@ def _main_table(stats: dict[str, Any]) -> list[str]:
             f"{'-' if not (step and ref_time) else f'{step / ref_time:.2f}x'} |"
         )
     return lines
+
+
+def _seed_tests_section(tests: list[dict[str, Any]]) -> list[str]:
+    body = render_seed_tests(tests)
+    return ["", "## Differences over seeds", "", *body] if body else []
 
 
 def _resolution_table(stats: dict[str, Any], keys: list[str], plot: Path | None) -> list[str]:

@@ -32,7 +32,7 @@ POWER = 0.8
 def compare(a: list[float], b: list[float]) -> dict[str, Any]:
     """Welch and Mann-Whitney p of ``b`` against ``a`` (per-seed top-1 lists), the gap and the seeds
     per arm for 80% power; p is None where a test is undefined (one seed, or no variance at all)."""
-    from scipy import stats  # scipy comes with the train extra (scikit-learn, mlflow)
+    from scipy import stats  # the train extra; imported here, not with the report
 
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     gap = float(y.mean() - x.mean())
@@ -79,8 +79,9 @@ def p_text(p: float | None) -> str:
 def render(
     rows: list[dict[str, Any]], *, shown: float = ALPHA, evaluation: str = "the training size"
 ) -> list[str]:
-    """Markdown: how many pairs were tested, and those with a Welch or Mann-Whitney p below ``shown``
-    (uncorrected), most significant first, with their Holm-adjusted p and the seeds a ranking needs."""
+    """Markdown, without a heading: how many pairs were tested, and those with a Welch or Mann-Whitney p
+    below ``shown`` (uncorrected), most significant first, with their Holm-adjusted p and the seeds a
+    ranking needs; no lines if no pair could be tested."""
     tested = [r for r in rows if r["welch_p"] is not None or r["mannwhitney_p"] is not None]
     if not tested:
         return []
@@ -91,9 +92,6 @@ def render(
     kept = sorted((r for r in tested if low(r) < shown), key=low)
     pairs = f"{len(tested)} pair" + ("s" if len(tested) > 1 else "")
     lines = [
-        "",
-        "## Differences over seeds",
-        "",
         f"{pairs} of arms tested on their per-seed top-1 at {evaluation} (Welch's t-test "
         f"and Mann-Whitney U, two-sided; Holm: the Welch p adjusted over the {pairs}; seeds for "
         "80% power: per arm, to detect the observed gap at the observed spread, normal approximation). "
