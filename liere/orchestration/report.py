@@ -179,6 +179,13 @@ def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> st
     return "\n".join(lines) + "\n"
 
 
+def _seeds_per_arm(arms: list[dict[str, Any]]) -> str:
+    """"5 seed(s) per arm", and the arms with fewer finished runs than that, named with their count."""
+    most = max(a["runs"] for a in arms)
+    fewer = [f"{a['label']} {a['finished']}" for a in arms if a["finished"] < most]
+    return f"{most} seed(s) per arm" + (f" (finished fewer: {', '.join(fewer)})" if fewer else "")
+
+
 def _header(stats: dict[str, Any], cfg) -> list[str]:
     arms, ref, train = stats["arms"], stats["reference"], stats["train_size"]
     return [
@@ -187,8 +194,7 @@ def _header(stats: dict[str, Any], cfg) -> list[str]:
         f"`{stats['command']}`",
         "",
         f"- config `{os.path.relpath(cfg.config_path)}`: `{cfg.model.name}` on `{cfg.data.dataset}` at {train}, "
-        f"{cfg.train.epochs} epochs, {cfg.train.precision}; "
-        f"{max(a['runs'] for a in arms)} seed(s) per arm",
+        f"{cfg.train.epochs} epochs, {cfg.train.precision}; {_seeds_per_arm(arms)}",
         f"- machine: {platform.node()}, {os.cpu_count()} CPU cores, {_accelerator()}; git {_git()}; "
         f"this command's wall time {stats['wall_s'] / 60:.1f} min; training "
         + (f"{stats['train_s'] / 60:.0f} min" if stats.get("train_s") else "not recorded")

@@ -157,6 +157,7 @@ def test_the_report_compares_arms_from_their_predictions(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["wall_s"] == 90
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# compass2d: ape, liere8, string, rope_mixed\n\n`python launch/compare.py x`")
+    assert "fp32; 2 seed(s) per arm (finished fewer: string 0, rope_mixed 1)\n" in text
     assert "| rope_mixed | 75.0 (1 seed) |" in text, "one seed has no spread over seeds to show"
     assert "| rope_mixed | 75.0 (1 seed) | 65.0 (1 seed) |" in text  # the resolution table, likewise
     liere8_row = next(line for line in text.splitlines() if line.startswith("| liere8 |"))
