@@ -180,7 +180,7 @@ def render(stats: dict[str, Any], runs: list[Run], cfg, plot: Path | None) -> st
 
 
 def _seeds_per_arm(arms: list[dict[str, Any]]) -> str:
-    """"5 seed(s) per arm", and the arms with fewer finished runs than that, named with their count."""
+    """The seeds per arm, as "5 seed(s) per arm", naming each arm with fewer finished runs and its count."""
     most = max(a["runs"] for a in arms)
     fewer = [f"{a['label']} {a['finished']}" for a in arms if a["finished"] < most]
     return f"{most} seed(s) per arm" + (f" (finished fewer: {', '.join(fewer)})" if fewer else "")
