@@ -6,6 +6,7 @@
     python benchmarks/escape_time.py --seeds 6 --budget 1984 --after 62 --inputs jpeg420 --study compass2d-jpeg420
     python benchmarks/escape_time.py --arms rope_mixed --vary init --seeds 4 --study s   # then --vary order:
     python benchmarks/escape_time.py --arms rope_mixed --vary order --seeds 4 --study s  # init or data order?
+    python benchmarks/escape_time.py --train-samples 16000 --study s optim.warmup_epochs=0.25  # 4x the images
 
 Every (arm, seed) trains the config's model on the config's data from scratch with the engine's own
 parts (model factory, parameter groups, AdamW, warmup + cosine schedule, gradient clip, the data
@@ -59,19 +60,31 @@ RESULTS = Path(__file__).resolve().parent / "results" / "escape_time"
 INPUTS = ("stored", "raw", "jpeg420")
 
 
-def split_arrays(cfg, split: str, inputs: str = "stored") -> tuple[torch.Tensor, torch.Tensor]:
+def split_arrays(
+    cfg, split: str, inputs: str = "stored", train_samples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole embedded split as float32 (N, C, *spatial), normalised as the loaders do, and int64 labels.
 
     ``inputs``: ``stored`` gives each image as the shard writer stores it and a loader decodes it (JPEG
     at prepare()'s quality, with the source's chroma subsampling); ``raw`` the generator's pixels
     unencoded; ``jpeg420`` JPEG with 4:2:0 chroma subsampling, how compass2d was stored before its
-    revision 2. Volumes are stored losslessly (npy): the same under every choice."""
+    revision 2. Volumes are stored losslessly (npy): the same under every choice.
+    ``train_samples``: a generated set's training split drawn this large instead of its default size
+    (every sample is drawn from its own index's stream: the first ones are the default split's, and the
+    normalisation statistics do not change)."""
+    import inspect
+
     from pipelines.sources import source_class
     from pipelines.transforms import normalize
 
     if inputs not in INPUTS:
         raise SystemExit(f"--inputs {inputs!r}: expected one of {', '.join(INPUTS)}")
-    src = source_class(cfg.data.dataset)()
+    cls = source_class(cfg.data.dataset)
+    if train_samples is not None and "num_train" not in inspect.signature(cls).parameters:
+        raise SystemExit(
+            f"--train-samples: {cfg.data.dataset!r} is not generated; its training split has a fixed size"
+        )
+    src = cls(num_train=train_samples) if train_samples is not None else cls()
     samples = [src.get(split, i) for i in range(src.num_samples(split))]
     arrays = [s.data for s in samples]
     if src.kind == "image" and inputs != "raw":
@@ -166,7 +179,10 @@ def run_study(args) -> Path:
     done = {(r["arm"], r.get("vary", "both"), r["seed"]) for r in rows}
     runs = {(r["arm"], *run_seeds(r.get("vary", "both"), r["seed"], r.get("fixed_seed", 0))): r for r in rows}
     base = load_config(args.config, [f"train.seed={0}"])
-    data = {s: split_arrays(base, s, args.inputs) for s in (base.data.train_split, base.data.val_split)}
+    data = {
+        s: split_arrays(base, s, args.inputs, args.train_samples)
+        for s in (base.data.train_split, base.data.val_split)
+    }
     data = {"train": data[base.data.train_split], "val": data[base.data.val_split]}
     for seed in range(args.seeds):  # seed-major: a stopped study has every arm at similar depth
         for arm in args.arms.split(","):
@@ -183,6 +199,7 @@ def run_study(args) -> Path:
             row = {"arm": arm, "seed": seed, "vary": args.vary, "fixed_seed": args.fixed_seed, "init_seed": init,
                    "order_seed": order, "reused": same is not None, "config": str(args.config),
                    "overrides": [*ARMS[arm], *args.override], "inputs": args.inputs, "budget": args.budget,
+                   "train_samples": len(data["train"][1]),
                    "threshold": args.threshold, **res}  # fmt: skip
             runs[(arm, init, order)] = row
             with out.open("a") as f:
@@ -292,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         default="stored",
         choices=INPUTS,
         help="images as the shards store them (default), the generator's raw pixels, or JPEG 4:2:0",
+    )
+    p.add_argument(
+        "--train-samples",
+        type=int,
+        help="a generated set's training split drawn this large (default: its own size); the schedule's "
+        "warmup is in epochs: scale optim.warmup_epochs down to keep its steps",
     )
     p.add_argument(
         "--vary",

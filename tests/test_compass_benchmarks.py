@@ -55,6 +55,20 @@ def test_study_inputs_are_the_images_the_shards_store():
         split_arrays(cfg, cfg.data.val_split, "png")
 
 
+def test_study_draws_a_larger_training_split_whose_first_samples_are_the_default_ones():
+    """--train-samples: more of the same generated images (the memorisation test of mean pooling), the
+    default split as its start and the normalisation unchanged; a fixed-size set refuses it."""
+    cfg = load_config(REPO / "configs" / "compass2d.yaml", [])
+    x, y = split_arrays(cfg, cfg.data.train_split, "raw")
+    more, more_y = split_arrays(cfg, cfg.data.train_split, "raw", train_samples=len(y) + 40)
+    assert (
+        more.shape[0] == len(y) + 40 and torch.equal(more[: len(y)], x) and torch.equal(more_y[: len(y)], y)
+    )
+    digits = load_config(REPO / "configs" / "digits.yaml", [])
+    with pytest.raises(SystemExit, match="'digits' is not generated"):
+        split_arrays(digits, digits.data.train_split, "raw", train_samples=100)
+
+
 def test_escape_study_varies_the_weights_or_the_order_alone_and_reuses_the_run_both_share(
     tmp_path, monkeypatch
 ):
