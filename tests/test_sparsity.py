@@ -71,6 +71,40 @@ def test_report_counts_the_tiles_that_were_zeroed():
     assert [(r["off_diagonal_active"], r["diagonal_active"]) for r in layers[:3]] == [(0, 1), (0, 0), (0, 1)]
 
 
+def test_with_one_tile_a_block_the_report_counts_the_blocks_still_turning():
+    """LieRE_8 shrunk with tile 8: each block is one group, and one at 0 rotates nothing. The engine reports
+    it only when a sparsity term was on (unshrunk, every block turns: nothing to report); the compare
+    report shows '-' for the off-diagonal share there is none of."""
+    from types import SimpleNamespace
+
+    from liere.engine.regularizer import reportable
+    from liere.orchestration.report import _cost, _sparsity_table
+
+    model = liere.create_model(
+        "vit_micro_patch4", encoding="liere8", img_size=[16, 16], num_classes=10, in_chans=1
+    )
+    assert not reportable(model, 8) and reportable(model, 8, shrunk=True) and reportable(model, 4)
+    assert not reportable(model, 3, shrunk=True) and not reportable(model, 16, shrunk=True)
+    enc = model.encoding
+    blocks = tile_group_norms(enc.generator_matrices(), 8).shape[-3]
+    with torch.no_grad():  # zero one of the blocks of layer 0, head 0, in every axis
+        gen = enc.generator_matrices()
+        gen[:, 0, 0, 1] = 0
+        enc.upper.copy_(gen[..., enc._rows, enc._cols])
+    report = sparsity_report(enc, tile=8, threshold=0.05)
+    total = tile_group_norms(enc.generator_matrices(), 8).numel()
+    assert report["off_diagonal_active"] is None and report["diagonal_active"] == pytest.approx(1 - 1 / total)
+    assert blocks > 1 and "| all | n/a |" in report_markdown(report)
+    runs = [
+        SimpleNamespace(
+            summary={"sparsity": {k: report[k] for k in ("tile", "off_diagonal_active", "diagonal_active")}}
+        )
+    ]
+    arm = {"label": "liere8-prox", "top1_mean": 0.9, **_cost(runs)}
+    row = _sparsity_table([arm])[-1]
+    assert row.startswith("| liere8-prox | 8 | - | ") and f"{100 * (1 - 1 / total):.1f}" in row
+
+
 def test_only_liere_encodings_have_a_penalty():
     model = liere.create_model("vit_micro_patch4", encoding="rope_mixed", img_size=[16, 16], num_classes=10)
     with pytest.raises(TypeError, match="LieRE"):

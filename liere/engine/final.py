@@ -84,12 +84,11 @@ def write_outputs(trainer, tag: str, summary: dict[str, Any]) -> dict[str, Any]:
         "params": sum(p.numel() for p in exported.parameters()),
         "gflops": liere.count_flops(exported)["total"] / 1e9,
     }
-    if reportable(exported, cfg.sparsity.tile):
+    if reportable(exported, cfg.sparsity.tile, shrunk=cfg.sparsity.weight > 0):
         report, md = write_report(exported, cfg, out_dir)
         extra["sparsity"] = {k: report[k] for k in ("tile", "off_diagonal_active", "diagonal_active")}
-        tracker.log_metrics(
-            {"sparsity/off_diagonal_active": report["off_diagonal_active"]}, trainer.progress.step
-        )
+        active = {f"sparsity/{k}": report[k] for k in ("off_diagonal_active", "diagonal_active")}
+        tracker.log_metrics({k: v for k, v in active.items() if v is not None}, trainer.progress.step)
         tracker.log_artifact(md)
         print("\n" + md.read_text(), flush=True)
     (out_dir / "summary.json").write_text(json.dumps({**summary, **extra}, indent=1))

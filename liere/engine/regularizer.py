@@ -107,10 +107,14 @@ def encoding_lr(engine: Any) -> float:
     )
 
 
-def reportable(model: nn.Module, tile: int) -> bool:
-    """A LieRE model whose blocks hold more than one tile: there is a sparsity pattern to report."""
+def reportable(model: nn.Module, tile: int, shrunk: bool = False) -> bool:
+    """A LieRE model whose blocks hold more than one tile (a sparsity pattern to report), or, when
+    ``shrunk`` (a sparsity term was on), one tile each: then the report counts the blocks still
+    turning, since a block shrunk to 0 rotates its channels by nothing."""
     enc = getattr(model, "encoding", None)
-    return isinstance(enc, LieRE) and enc.block_size > tile and enc.block_size % tile == 0
+    if not isinstance(enc, LieRE) or enc.block_size % tile:
+        return False
+    return enc.block_size > tile or (shrunk and enc.block_size == tile)
 
 
 def write_report(model: nn.Module, cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], Path]:

@@ -131,7 +131,8 @@ def _cost(runs: list[Run]) -> dict[str, Any]:
     }
     sp = [r.summary["sparsity"] for r in runs if r.summary.get("sparsity")]
     if sp:
-        out["sparsity_off_diagonal_active"] = float(np.mean([s["off_diagonal_active"] for s in sp]))
+        off = [s["off_diagonal_active"] for s in sp if s["off_diagonal_active"] is not None]
+        out["sparsity_off_diagonal_active"] = float(np.mean(off)) if off else None  # None: one tile a block
         out["sparsity_diagonal_active"] = float(np.mean([s["diagonal_active"] for s in sp]))
         out["sparsity_tile"] = sp[0]["tile"]
     return out
@@ -297,7 +298,8 @@ def _sparsity_table(arms: list[dict[str, Any]]) -> list[str]:
         "## Learned sparsity of the LieRE generators",
         "",
         "Share of coupling groups (tile pairs) still active at the end (per-layer tables in each run's "
-        "sparsity.md), next to accuracy.",
+        "sparsity.md), next to accuracy. With one tile a block (tile = block size) there is no "
+        "off-diagonal group ('-'), and the diagonal share is that of the blocks still turning.",
         "",
         "| encoding | tile | off-diagonal active (%) | diagonal active (%) | top-1 (%) |",
         "|---|---|---|---|---|",
