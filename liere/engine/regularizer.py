@@ -112,9 +112,9 @@ def reportable(model: nn.Module, tile: int, shrunk: bool = False) -> bool:
     ``shrunk`` (a sparsity term was on), one tile each: then the report counts the blocks still
     turning, since a block shrunk to 0 rotates its channels by nothing."""
     enc = getattr(model, "encoding", None)
-    if not isinstance(enc, LieRE) or enc.block_size % tile:
+    if not isinstance(enc, LieRE) or enc.block_size % tile:  # a tile wider than the block divides nothing
         return False
-    return enc.block_size > tile or (shrunk and enc.block_size == tile)
+    return enc.block_size > tile or shrunk
 
 
 def write_report(model: nn.Module, cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], Path]:
